@@ -1,0 +1,1 @@
+"""Serving encoders over HTTP (LitServe) and exporting them to ONNX."""

@@ -1,0 +1,76 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from zoo import ARCHITECTURES, EncoderConfig, Preprocess, build_encoder
+from zoo.encoders import resnet18_cifar
+
+
+def _seed_resnet18_cifar() -> nn.Module:
+    """The seed notebook's model: torchvision ResNet-18 with the CIFAR stem and fc removed."""
+    m = torchvision.models.resnet18()
+    m.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    m.maxpool = nn.Identity()
+    m.fc = nn.Identity()
+    return m
+
+
+def test_cifar_resnet18_equals_the_seed_model():
+    ours, seed = resnet18_cifar().eval(), _seed_resnet18_cifar().eval()
+    seed.load_state_dict(ours.state_dict(), strict=True)  # same names and shapes
+    x = torch.rand(4, 3, 32, 32)
+    assert ours(x).shape == (4, 512)
+    torch.testing.assert_close(ours(x), seed(x))
+    assert ours.conv1.kernel_size == (3, 3) and ours.conv1.stride == (1, 1)
+    assert not any(isinstance(m, nn.MaxPool2d) for m in ours.modules())
+
+
+def test_width_reduced_resnet():
+    m = build_encoder({"architecture": "resnet18_cifar", "kwargs": {"width": 16}})
+    assert m.feature_dim == 128 and m(torch.rand(2, 3, 32, 32)).shape == (2, 128)
+    assert sum(p.numel() for p in m.parameters()) < sum(p.numel() for p in resnet18_cifar().parameters()) / 10
+
+
+def test_imagenet_stem_baseline():
+    m = build_encoder(EncoderConfig("resnet18_imagenet"))
+    assert isinstance(m.maxpool, nn.MaxPool2d) and m.conv1.stride == (2, 2)
+    assert m(torch.rand(2, 3, 32, 32)).shape == (2, 512)
+
+
+def test_config_json_rebuilds_the_exact_module():
+    config = EncoderConfig("resnet18_cifar", {"width": 8}, input_size=32, mean=(0.5, 0.5, 0.5), std=(0.25,) * 3)
+    restored = EncoderConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert restored == config
+    a, b = build_encoder(config).eval(), build_encoder(restored).eval()
+    b.load_state_dict(a.state_dict(), strict=True)
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(a(x), b(x))
+
+
+def test_config_errors_are_clear():
+    with pytest.raises(ValueError, match="known: .*resnet18_cifar"):
+        EncoderConfig("resnet50_cifar")
+    with pytest.raises(ValueError, match="unknown encoder config keys \\['colour'\\]"):
+        EncoderConfig.from_dict({"architecture": "resnet18_cifar", "colour": "red"})
+    with pytest.raises(ValueError, match="bad kwargs"):
+        build_encoder({"architecture": "resnet18_cifar", "kwargs": {"depth": 3}})
+    with pytest.raises(ValueError, match="both mean and std"):
+        EncoderConfig("resnet18_cifar", mean=(0.5, 0.5, 0.5))
+    assert set(ARCHITECTURES) == {"resnet18_cifar", "resnet18_imagenet"}
+
+
+def test_preprocess_totensor_normalise_and_resize(rng):
+    images = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    plain = Preprocess(EncoderConfig("resnet18_cifar"))(images)
+    assert plain.shape == (2, 3, 32, 32) and plain.max() <= 1 and plain.min() >= 0
+    norm = Preprocess(EncoderConfig("resnet18_cifar", mean=(0.5,) * 3, std=(0.5,) * 3))(images)
+    torch.testing.assert_close(norm, (plain - 0.5) / 0.5)
+    big = Preprocess(EncoderConfig("resnet18_cifar", input_size=16))(rng.integers(0, 256, (1, 40, 32, 3), dtype=np.uint8))
+    assert big.shape == (1, 3, 16, 16)
+    with pytest.raises(ValueError, match="uint8"):
+        Preprocess(EncoderConfig("resnet18_cifar"))(torch.zeros(2, 32, 32))
+

@@ -1,0 +1,1 @@
+"""Training recipes for self-supervised encoders (SimCLR, BYOL, Barlow Twins)."""

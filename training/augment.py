@@ -1,0 +1,164 @@
+"""The seed's SimCLR augmentation, on batched tensors on the training device.
+
+Same distribution as the seed's torchvision pipeline (RandomResizedCrop(32, scale 0.2-1),
+horizontal flip, ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.8 in a random order, grayscale p=0.2,
+Gaussian blur k=3 sigma in [0.1, 2] p=0.5, no normalisation), but every parameter is drawn per
+sample for a whole batch at once. Hand-written: the seed's PIL-per-sample pipeline and kornia's
+per-op modules are both slower here (``benchmarks/augment.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+_GRAY = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Parameters of the SimCLR augmentation (defaults: the seed notebook's)."""
+
+    size: int = 32
+    scale: tuple[float, float] = (0.2, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
+    jitter_p: float = 0.8
+    gray_p: float = 0.2
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_p: float = 0.5
+
+
+def _uniform(n: int, low: float, high: float, g: torch.Generator, device) -> torch.Tensor:
+    return torch.rand(n, generator=g, device=device) * (high - low) + low
+
+
+def crop_boxes(n: int, height: int, width: int, cfg: AugmentConfig, g: torch.Generator, device) -> torch.Tensor:
+    """Per-sample ``(top, left, h, w)`` with torchvision RandomResizedCrop.get_params's law:
+    up to 10 tries of (area, log-ratio), the first that fits wins, else the whole image."""
+    area = height * width
+    target = area * (torch.rand(n, 10, generator=g, device=device) * (cfg.scale[1] - cfg.scale[0]) + cfg.scale[0])
+    log_lo, log_hi = math.log(cfg.ratio[0]), math.log(cfg.ratio[1])
+    aspect = torch.exp(torch.rand(n, 10, generator=g, device=device) * (log_hi - log_lo) + log_lo)
+    w = torch.sqrt(target * aspect).round()
+    h = torch.sqrt(target / aspect).round()
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = ok.float().argmax(1, keepdim=True)
+    w = torch.where(ok.any(1), w.gather(1, first)[:, 0], torch.full_like(w[:, 0], width))
+    h = torch.where(ok.any(1), h.gather(1, first)[:, 0], torch.full_like(h[:, 0], height))
+    top = (torch.rand(n, generator=g, device=device) * (height - h + 1)).floor()
+    left = (torch.rand(n, generator=g, device=device) * (width - w + 1)).floor()
+    return torch.stack([top, left, h, w], 1)
+
+
+def resized_crop_flip(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, size: int) -> torch.Tensor:
+    """Crop each image to its box, flip where asked and resize to ``size`` (bilinear), in one grid_sample."""
+    n, _, height, width = x.shape
+    top, left, h, w = boxes.unbind(1)
+    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0] = torch.where(flip, -w / width, w / width)
+    theta[:, 0, 2] = (2 * left + w) / width - 1
+    theta[:, 1, 1] = h / height
+    theta[:, 1, 2] = (2 * top + h) / height - 1
+    grid = F.affine_grid(theta, [n, 3, size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = x.unbind(1)
+    return (_GRAY[0] * r + _GRAY[1] * g + _GRAY[2] * b).unsqueeze(1)
+
+
+def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = x.unbind(1)
+    maxc, minc = x.max(1).values, x.min(1).values
+    delta = maxc - minc
+    s = delta / torch.where(maxc == 0, torch.ones_like(maxc), maxc)
+    safe = torch.where(delta == 0, torch.ones_like(delta), delta)
+    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
+    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
+    h = torch.where(delta == 0, torch.zeros_like(h), (h / 6.0) % 1.0)
+    return torch.stack([h, s, maxc], 1)
+
+
+def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    # Closed form: channel n in (R, G, B) = v - v s clamp(min(k, 4 - k), 0, 1), k = (n + 6 h) mod 6, n = 5, 3, 1.
+    h, s, v = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    k = (torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1) + 6 * h) % 6
+    return v - v * s * torch.minimum(k, 4 - k).clamp_(0, 1)
+
+
+def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    f = factor.view(-1, 1, 1, 1)
+    return (f * x + (1 - f) * other).clamp_(0, 1)
+
+
+def _jitter_op(op: int, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    if op == 0:  # brightness
+        return (x * factor.view(-1, 1, 1, 1)).clamp_(0, 1)
+    if op == 1:  # contrast: blend with the mean of the grayscale image
+        return _blend(x, grayscale(x).mean((1, 2, 3), keepdim=True), factor)
+    if op == 2:  # saturation: blend with the grayscale image
+        return _blend(x, grayscale(x), factor)
+    hsv = _rgb_to_hsv(x)  # hue: rotate on the hue circle
+    hsv[:, 0] = (hsv[:, 0] + factor.view(-1, 1, 1)) % 1.0
+    return _hsv_to_rgb(hsv)
+
+
+def color_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Apply brightness/contrast/saturation/hue ``factors`` (N, 4) in a per-sample ``order`` (N, 4)."""
+    for step in range(4):
+        for op in range(4):
+            idx = (order[:, step] == op).nonzero()[:, 0]
+            if len(idx):
+                x = x.index_copy(0, idx, _jitter_op(op, x[idx], factors[idx, op]))
+    return x
+
+
+def gaussian_blur3(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """3x3 Gaussian blur with a per-sample sigma (sigma <= 0: identity), reflect padding."""
+    n, c, h, w = x.shape
+    taps = torch.exp(-1.0 / (2 * sigma.clamp_min(1e-6) ** 2))
+    kernel = torch.stack([taps, torch.ones_like(taps), taps], 1)
+    kernel = torch.where((sigma > 0)[:, None], kernel, torch.tensor([0.0, 1.0, 0.0], device=x.device))
+    kernel = (kernel / kernel.sum(1, keepdim=True)).to(x.dtype).repeat_interleave(c, 0)
+    y = F.pad(x.reshape(1, n * c, h, w), (1, 1, 1, 1), mode="reflect")
+    y = F.conv2d(y, kernel.view(n * c, 1, 1, 3), groups=n * c)
+    y = F.conv2d(y, kernel.view(n * c, 1, 3, 1), groups=n * c)
+    return y.view(n, c, h, w)
+
+
+class BatchAugment:
+    """Callable: uint8 ``(N, H, W, 3)`` or float ``(N, 3, H, W)`` images -> augmented float
+    ``(N, 3, size, size)`` in [0, 1], each sample with its own random parameters."""
+
+    def __init__(self, config: AugmentConfig = AugmentConfig()) -> None:
+        self.config = config
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        cfg, device = self.config, images.device
+        g = generator or torch.Generator(device).manual_seed(int(torch.randint(2**62, ())))
+        x = images.permute(0, 3, 1, 2).float().div_(255) if images.dtype == torch.uint8 else images.float()
+        n = len(x)
+        boxes = crop_boxes(n, x.shape[2], x.shape[3], cfg, g, device)
+        flip = torch.rand(n, generator=g, device=device) < cfg.flip_p
+        x = resized_crop_flip(x, boxes, flip, cfg.size)
+
+        jittered = torch.rand(n, generator=g, device=device) < cfg.jitter_p
+        b, c, s, hue = cfg.jitter
+        factors = torch.stack([_uniform(n, 1 - b, 1 + b, g, device), _uniform(n, 1 - c, 1 + c, g, device),
+                               _uniform(n, 1 - s, 1 + s, g, device), _uniform(n, -hue, hue, g, device)], 1)
+        order = torch.rand(n, 4, generator=g, device=device).argsort(1)
+        idx = jittered.nonzero()[:, 0]
+        x = x.index_copy(0, idx, color_jitter(x[idx], factors[idx], order[idx]))
+
+        gray = torch.rand(n, generator=g, device=device) < cfg.gray_p
+        x = torch.where(gray.view(-1, 1, 1, 1), grayscale(x).expand_as(x), x)
+
+        sigma = _uniform(n, *cfg.blur_sigma, g, device)
+        blurred = torch.rand(n, generator=g, device=device) < cfg.blur_p
+        return gaussian_blur3(x, torch.where(blurred, sigma, torch.zeros_like(sigma)))

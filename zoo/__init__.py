@@ -1,0 +1,12 @@
+"""ssl-zoo: self-supervised vision encoders and the tools to probe them."""
+
+from .data import DatasetError, ImageArrays, load_cifar10, load_image_folder
+from .encoders import ARCHITECTURES, EncoderConfig, build_encoder
+from .probes import ProbeResult, extract_features, knn_probe, linear_probe
+from .transforms import Preprocess
+
+__version__ = "0.1.0"
+__all__ = [
+    "ARCHITECTURES", "DatasetError", "EncoderConfig", "ImageArrays", "Preprocess", "ProbeResult",
+    "build_encoder", "extract_features", "knn_probe", "linear_probe", "load_cifar10", "load_image_folder",
+]

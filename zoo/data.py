@@ -1,0 +1,224 @@
+"""CIFAR-10 and ImageFolder data, decoded once into cached uint8 arrays.
+
+Resolution order for CIFAR-10: an explicit ``root``, then ``$SSL_ZOO_DATA``, then the
+project's shared JPEG copy (``../shared/data/cifar10-jpeg``), then torchvision's download.
+A root is read as an ImageFolder (``<root>/<split>/<class>/*.jpg``) when that folder
+exists, otherwise as torchvision's ``cifar-10-batches-py`` (downloaded if allowed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck",
+)
+CIFAR10_COUNTS = {"train": 50_000, "test": 10_000}
+SHARED_CIFAR10 = Path("..") / "shared" / "data" / "cifar10-jpeg"
+_CACHE_FORMAT = 1
+_HOW_TO_GET = (
+    "Point root= (ssl-zoo: --data) or $SSL_ZOO_DATA at a folder holding either "
+    "train/<class>/*.jpg and test/<class>/*.jpg (ImageFolder layout) or torchvision's "
+    "cifar-10-batches-py; or connect to the internet so torchvision can download CIFAR-10."
+)
+
+
+class DatasetError(RuntimeError):
+    """The dataset is missing, incomplete or not what was asked for."""
+
+
+@dataclass(frozen=True)
+class ImageArrays:
+    """Decoded images ``(N, H, W, 3)`` uint8 with int64 labels and class names."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def per_class(self, n: int) -> ImageArrays:
+        """The first ``n`` images of every class, in dataset order (a balanced subset)."""
+        counts = np.bincount(self.labels, minlength=len(self.classes))
+        if n < 1 or n > counts.min():
+            raise ValueError(f"per_class(n={n}): n must be in 1..{counts.min()} (smallest class size)")
+        idx = np.sort(np.concatenate([np.flatnonzero(self.labels == c)[:n] for c in range(len(self.classes))]))
+        return ImageArrays(self.images[idx], self.labels[idx], self.classes)
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images as float ``(N, 3, H, W)`` in [0, 1] (ToTensor) and labels as int64."""
+        return to_float_nchw(self.images), torch.from_numpy(self.labels)
+
+
+def to_float_nchw(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 ``(N, H, W, 3)`` -> float32 ``(N, 3, H, W)`` in [0, 1], like torchvision's ToTensor."""
+    t = torch.as_tensor(images)
+    if t.dtype != torch.uint8 or t.ndim != 4 or t.shape[-1] != 3:
+        raise ValueError(f"expected uint8 images of shape (N, H, W, 3), got {t.dtype} {tuple(t.shape)}")
+    return t.permute(0, 3, 1, 2).float().div_(255)
+
+
+def default_cache_dir() -> Path:
+    """``$SSL_ZOO_CACHE`` or ``~/.cache/ssl-zoo``."""
+    return Path(os.environ.get("SSL_ZOO_CACHE", Path.home() / ".cache" / "ssl-zoo")).expanduser()
+
+
+def load_cifar10(
+    split: str, root: str | os.PathLike | None = None, *, cache_dir: str | os.PathLike | None = None,
+    download: bool = True,
+) -> ImageArrays:
+    """Load a CIFAR-10 split (``"train"``/``"test"``) as cached uint8 arrays, validating counts and classes."""
+    if split not in CIFAR10_COUNTS:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    source = _resolve_cifar10_root(root)
+    if source is not None and (source / split).is_dir():
+        data = load_image_folder(source / split, cache_dir=cache_dir)
+    else:
+        data = _load_torchvision_cifar10(split, source, cache_dir=cache_dir, download=download)
+    _validate_cifar10(data, split, source)
+    return data
+
+
+def _resolve_cifar10_root(root: str | os.PathLike | None) -> Path | None:
+    if root is not None:
+        return Path(root).expanduser()
+    if os.environ.get("SSL_ZOO_DATA"):
+        return Path(os.environ["SSL_ZOO_DATA"]).expanduser()
+    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        if (base / SHARED_CIFAR10 / "train").is_dir():
+            return (base / SHARED_CIFAR10).resolve()
+    return None
+
+
+def _validate_cifar10(data: ImageArrays, split: str, source: Path | None) -> None:
+    where = source or "torchvision's download"
+    if data.classes != CIFAR10_CLASSES:
+        raise DatasetError(f"CIFAR-10 at {where}: classes {list(data.classes)} are not CIFAR-10's "
+                           f"{list(CIFAR10_CLASSES)}. {_HOW_TO_GET}")
+    want = CIFAR10_COUNTS[split]
+    counts = np.bincount(data.labels, minlength=10)
+    if len(data) != want or (counts != want // 10).any() or data.images.shape[1:] != (32, 32, 3):
+        raise DatasetError(f"CIFAR-10 {split} at {where} is incomplete: {len(data)} images of shape "
+                           f"{data.images.shape[1:]} (per class {counts.tolist()}), expected {want} "
+                           f"32x32 RGB images, {want // 10} per class. {_HOW_TO_GET}")
+
+
+def _load_torchvision_cifar10(split: str, root: Path | None, *, cache_dir, download: bool) -> ImageArrays:
+    from torchvision.datasets import CIFAR10
+
+    root = root or default_cache_dir() / "torchvision"
+    try:
+        # torchvision checks the archive's md5 before reading its (pickled) batches.
+        ds = CIFAR10(str(root), train=split == "train", download=download)
+    except Exception as e:  # no internet, a corrupt archive, a missing folder
+        raise DatasetError(f"CIFAR-10 not found at {root} and could not be downloaded ({e}). {_HOW_TO_GET}") from e
+    return ImageArrays(np.ascontiguousarray(ds.data), np.asarray(ds.targets, dtype=np.int64), tuple(ds.classes))
+
+
+def load_image_folder(
+    root: str | os.PathLike, *, image_size: int | None = None, cache_dir: str | os.PathLike | None = None,
+) -> ImageArrays:
+    """Decode an ImageFolder (``root/<class>/<image>``) once into RGB uint8 arrays, cached on disk.
+
+    Images must share one size unless ``image_size`` is given (each is then resized to a square).
+    The cache is keyed by the folder's path and rebuilt when its files change or the cache is corrupt.
+    """
+    from torchvision.datasets import ImageFolder
+
+    root = Path(root).expanduser().resolve()
+    try:
+        folder = ImageFolder(str(root))
+    except (FileNotFoundError, OSError) as e:
+        raise DatasetError(f"no images found in {root}: {e}. Expected {root}/<class>/<image files>. "
+                           f"{_HOW_TO_GET}") from e
+    fingerprint = _fingerprint([p for p, _ in folder.samples], image_size)
+    key = hashlib.sha256(f"{root}|{image_size}".encode()).hexdigest()[:16]
+    cache = Path(cache_dir or default_cache_dir()) / "arrays" / f"{root.name}-{key}"
+    cached = _read_cache(cache, fingerprint)
+    if cached is not None:
+        return ImageArrays(*cached, tuple(folder.classes))
+    images = _decode_all([p for p, _ in folder.samples], image_size, root)
+    labels = np.asarray(folder.targets, dtype=np.int64)
+    _write_cache(cache, fingerprint, images, labels)
+    return ImageArrays(images, labels, tuple(folder.classes))
+
+
+def _fingerprint(paths: list[str], image_size: int | None) -> dict:
+    h = hashlib.sha256()
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return {"format": _CACHE_FORMAT, "files": len(paths), "image_size": image_size, "sources": h.hexdigest()}
+
+
+def _decode_all(paths: list[str], image_size: int | None, root: Path) -> np.ndarray:
+    arrays = []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                im = im.convert("RGB")
+                if image_size is not None:
+                    im = im.resize((image_size, image_size), Image.BILINEAR)
+                arrays.append(np.asarray(im))
+        except OSError as e:
+            raise DatasetError(f"cannot decode image {p}: {e}. Remove or replace the file.") from e
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise DatasetError(f"images in {root} have different sizes ({sorted(shapes)[:3]}...): "
+                           "pass image_size= to resize them to one square size")
+    return np.stack(arrays)
+
+
+def _sha256_file(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _read_cache(cache: Path, fingerprint: dict) -> tuple[np.ndarray, np.ndarray] | None:
+    try:
+        meta = json.loads((cache / "meta.json").read_text())
+        if meta["fingerprint"] != fingerprint:
+            return None
+        files = {name: cache / f"{name}.npy" for name in ("images", "labels")}
+        if any(_sha256_file(files[n]) != meta["sha256"][n] for n in files):
+            return None
+        return np.load(files["images"]), np.load(files["labels"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_cache(cache: Path, fingerprint: dict, images: np.ndarray, labels: np.ndarray) -> None:
+    cache.mkdir(parents=True, exist_ok=True)
+    digests = {}
+    for name, array in (("images", images), ("labels", labels)):
+        path = cache / f"{name}.npy"
+        atomic_write(path, lambda f, a=array: np.save(f, a))
+        digests[name] = _sha256_file(path)
+    meta = {"fingerprint": fingerprint, "sha256": digests}
+    atomic_write(cache / "meta.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Write a file through ``write(fileobj)`` into a temporary sibling, then rename it into place."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,120 @@
+"""Encoder architectures, built from a small JSON-serialisable config.
+
+A saved ``config.json`` (``EncoderConfig.to_dict()``) rebuilds the exact module, so that
+``model.safetensors`` loads into it with ``strict=True``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torchvision.models import resnet18
+from torchvision.models.resnet import BasicBlock, conv1x1
+
+
+class CifarResNet(nn.Module):
+    """ResNet with the CIFAR stem (3x3 conv1, stride 1, no max-pool) and no classifier.
+
+    Hand-written because torchvision's ResNet fixes the stage widths at 64-512, and the CPU
+    presets need a width-reduced one; at ``width=64`` its parameter names and shapes equal
+    torchvision's ``resnet18`` with the seed's stem and ``fc = Identity``.
+    """
+
+    def __init__(self, layers: tuple[int, ...] = (2, 2, 2, 2), width: int = 64) -> None:
+        super().__init__()
+        self.feature_dim = width * 2 ** (len(layers) - 1)
+        self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        in_planes = width
+        for i, blocks in enumerate(layers):
+            planes, stride = width * 2**i, 1 if i == 0 else 2
+            downsample = None
+            if stride != 1 or in_planes != planes:
+                downsample = nn.Sequential(conv1x1(in_planes, planes, stride), nn.BatchNorm2d(planes))
+            stage = [BasicBlock(in_planes, planes, stride, downsample)]
+            stage += [BasicBlock(planes, planes) for _ in range(blocks - 1)]
+            self.add_module(f"layer{i + 1}", nn.Sequential(*stage))
+            in_planes = planes
+        self.num_stages = len(layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        for m in self.modules():  # torchvision's ResNet initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        for i in range(self.num_stages):
+            x = getattr(self, f"layer{i + 1}")(x)
+        return torch.flatten(self.avgpool(x), 1)
+
+
+def resnet18_cifar(width: int = 64) -> CifarResNet:
+    """ResNet-18 with the CIFAR stem; ``8 * width``-d features (512 at the default width)."""
+    return CifarResNet((2, 2, 2, 2), width)
+
+
+def resnet18_imagenet() -> nn.Module:
+    """torchvision's ResNet-18 (ImageNet stem) with ``fc = Identity``: the seed's random-init baseline."""
+    model = resnet18(weights=None)
+    model.fc = nn.Identity()
+    model.feature_dim = 512
+    return model
+
+
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "resnet18_cifar": resnet18_cifar,
+    "resnet18_imagenet": resnet18_imagenet,
+}
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """What rebuilds an encoder: architecture name and kwargs, plus its preprocessing.
+
+    ``mean``/``std`` of ``None`` means ToTensor only (pixels in [0, 1]), as in the seed.
+    """
+
+    architecture: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    input_size: int = 32
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {self.architecture!r}; known: {sorted(ARCHITECTURES)}")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give both mean and std, or neither (ToTensor only)")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, tuple(float(v) for v in value))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"], d["std"] = (list(self.mean), list(self.std)) if self.mean else (None, None)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EncoderConfig:
+        """Parse a config dict; unknown keys are an error, not silently dropped."""
+        known = {"architecture", "kwargs", "input_size", "mean", "std"}
+        if not isinstance(d, dict) or "architecture" not in d:
+            raise ValueError(f"encoder config must be a dict with an 'architecture' key, got {d!r}")
+        if extra := set(d) - known:
+            raise ValueError(f"unknown encoder config keys {sorted(extra)}; known: {sorted(known)}")
+        return cls(**d)
+
+
+def build_encoder(config: EncoderConfig | dict[str, Any]) -> nn.Module:
+    """Build the encoder a config describes (random init); returns ``(N, feature_dim)`` features."""
+    if isinstance(config, dict):
+        config = EncoderConfig.from_dict(config)
+    try:
+        return ARCHITECTURES[config.architecture](**config.kwargs)
+    except TypeError as e:
+        raise ValueError(f"bad kwargs {config.kwargs} for architecture {config.architecture!r}: {e}") from e
