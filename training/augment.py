@@ -73,22 +73,25 @@ def grayscale(x: torch.Tensor) -> torch.Tensor:
     return (_GRAY[0] * r + _GRAY[1] * g + _GRAY[2] * b).unsqueeze(1)
 
 
+def _frac(x: torch.Tensor) -> torch.Tensor:
+    """``x mod 1``; torch.remainder is several times slower on CPU."""
+    return x - torch.floor(x)
+
+
 def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
     r, g, b = x.unbind(1)
-    maxc, minc = x.max(1).values, x.min(1).values
+    maxc, minc = x.amax(1), x.amin(1)
     delta = maxc - minc
-    s = delta / torch.where(maxc == 0, torch.ones_like(maxc), maxc)
-    safe = torch.where(delta == 0, torch.ones_like(delta), delta)
-    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
-    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = torch.where(delta == 0, torch.zeros_like(h), (h / 6.0) % 1.0)
-    return torch.stack([h, s, maxc], 1)
+    s = delta / maxc.clamp_min(1e-12)
+    inv = 1.0 / delta.clamp_min(1e-12)  # gray pixels: r = g = b, so the first branch gives hue 0
+    h = torch.where(maxc == r, (g - b) * inv, torch.where(maxc == g, 2.0 + (b - r) * inv, 4.0 + (r - g) * inv))
+    return torch.stack([_frac(h / 6.0), s, maxc], 1)
 
 
 def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
     # Closed form: channel n in (R, G, B) = v - v s clamp(min(k, 4 - k), 0, 1), k = (n + 6 h) mod 6, n = 5, 3, 1.
     h, s, v = x[:, 0:1], x[:, 1:2], x[:, 2:3]
-    k = (torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1) + 6 * h) % 6
+    k = 6 * _frac((torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1) + 6 * h) / 6)
     return v - v * s * torch.minimum(k, 4 - k).clamp_(0, 1)
 
 
@@ -105,31 +108,30 @@ def _jitter_op(op: int, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     if op == 2:  # saturation: blend with the grayscale image
         return _blend(x, grayscale(x), factor)
     hsv = _rgb_to_hsv(x)  # hue: rotate on the hue circle
-    hsv[:, 0] = (hsv[:, 0] + factor.view(-1, 1, 1)) % 1.0
+    hsv[:, 0] = _frac(hsv[:, 0] + factor.view(-1, 1, 1))
     return _hsv_to_rgb(hsv)
 
 
 def color_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     """Apply brightness/contrast/saturation/hue ``factors`` (N, 4) in a per-sample ``order`` (N, 4)."""
+    x = x.clone()
     for step in range(4):
         for op in range(4):
             idx = (order[:, step] == op).nonzero()[:, 0]
             if len(idx):
-                x = x.index_copy(0, idx, _jitter_op(op, x[idx], factors[idx, op]))
+                x.index_copy_(0, idx, _jitter_op(op, x[idx], factors[idx, op]))
     return x
 
 
 def gaussian_blur3(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """3x3 Gaussian blur with a per-sample sigma (sigma <= 0: identity), reflect padding."""
-    n, c, h, w = x.shape
-    taps = torch.exp(-1.0 / (2 * sigma.clamp_min(1e-6) ** 2))
-    kernel = torch.stack([taps, torch.ones_like(taps), taps], 1)
-    kernel = torch.where((sigma > 0)[:, None], kernel, torch.tensor([0.0, 1.0, 0.0], device=x.device))
-    kernel = (kernel / kernel.sum(1, keepdim=True)).to(x.dtype).repeat_interleave(c, 0)
-    y = F.pad(x.reshape(1, n * c, h, w), (1, 1, 1, 1), mode="reflect")
-    y = F.conv2d(y, kernel.view(n * c, 1, 1, 3), groups=n * c)
-    y = F.conv2d(y, kernel.view(n * c, 1, 3, 1), groups=n * c)
-    return y.view(n, c, h, w)
+    """3x3 Gaussian blur with a per-sample sigma (sigma <= 0: identity), reflect padding.
+    Separable taps [a, b, a] as shifted sums: faster on CPU than a grouped conv2d."""
+    side = torch.where(sigma > 0, torch.exp(-1.0 / (2 * sigma.clamp_min(1e-6) ** 2)), torch.zeros_like(sigma))
+    a = (side / (1 + 2 * side)).to(x.dtype).view(-1, 1, 1, 1)
+    b = 1 - 2 * a
+    p = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    p = a * (p[..., :, :-2] + p[..., :, 2:]) + b * p[..., :, 1:-1]
+    return a * (p[..., :-2, :] + p[..., 2:, :]) + b * p[..., 1:-1, :]
 
 
 class BatchAugment:
