@@ -103,6 +103,8 @@ def convert_batchnorm(module: nn.Module) -> nn.Module:
         new = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
                               module.track_running_stats, device=module.running_mean.device)
         new.load_state_dict(module.state_dict())
+        if module.affine:  # keep frozen layers (BYOL's target) frozen
+            new.requires_grad_(module.weight.requires_grad)
         return new
     for name, child in module.named_children():
         module.add_module(name, convert_batchnorm(child))

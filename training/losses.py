@@ -45,8 +45,9 @@ def _standardise(z: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torc
 def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, alpha: float = 0.005) -> torch.Tensor:
     """Barlow Twins: standardise each view per dimension over the batch, C = z1^T z2 / N,
     loss = sum_i (1 - C_ii)^2 + alpha * sum_{i != j} C_ij^2. C is all-reduced over ranks."""
-    z1, n = _standardise(z1.float())
-    z2, _ = _standardise(z2.float())
+    dtype = torch.promote_types(z1.dtype, torch.float32)  # bf16 under autocast -> float32
+    z1, n = _standardise(z1.to(dtype))
+    z2, _ = _standardise(z2.to(dtype))
     c = all_reduce_sum(z1.T @ z2) / n
     diag = torch.diagonal(c)
     return (1 - diag).pow(2).sum() + alpha * (c.pow(2).sum() - diag.pow(2).sum())
