@@ -31,14 +31,17 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.
     atomic_write(path, lambda f: f.write(blob))
 
 
-def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore model and optimiser in place (strict); return the saved progress dict."""
+def load_checkpoint(path: str | os.PathLike, model: nn.Module,
+                    optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
+    """Restore model (strict) and optimiser (if given) in place; return the saved progress dict."""
     path = Path(path)
     with safe_open(path, framework="pt") as f:
         meta = f.metadata()
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     model.load_state_dict(model_state, strict=True)
+    if optimizer is None:
+        return json.loads(meta["progress"])
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):

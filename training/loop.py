@@ -68,7 +68,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict[str, 
     method, encoder_config = build_method(cfg)
     if env.world_size > 1:
         method = convert_batchnorm(method)
-    method.to(dev, memory_format=torch.channels_last)
+    memory_format = torch.channels_last if dev.type == "cuda" else torch.contiguous_format  # slower on CPU
+    method.to(dev, memory_format=memory_format)
     model = DistributedDataParallel(method) if env.world_size > 1 else method
     step_fn = torch.compile(model) if cfg.compile else model
     optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=cfg.lr,
@@ -106,7 +107,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict[str, 
                    leave=False)
         for step in bar:
             x = images[order[step]]
-            views = augment(torch.cat([x, x]), aug_gen).contiguous(memory_format=torch.channels_last)
+            views = augment(torch.cat([x, x]), aug_gen).contiguous(memory_format=memory_format)
             lr = lr_at(epoch * steps + step, total, warmup, cfg.lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except (ValueError, RuntimeError, FileNotFoundError) as e:
+    except (ValueError, RuntimeError, OSError, LookupError) as e:
         print(f"ssl-zoo {args.command}: error: {e}", file=sys.stderr)
         return 2
 
@@ -67,3 +67,61 @@ def _baseline(args: argparse.Namespace) -> None:
                   "linear": linear.accuracy, "knn_protocol": knn.protocol, "linear_protocol": linear.protocol}
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
+
+
+def register_list(subparsers) -> None:
+    p = subparsers.add_parser("list", help="the registry's named models")
+    p.set_defaults(func=_list)
+
+
+def _list(args: argparse.Namespace) -> None:
+    from .registry import list_models
+
+    def pct(x):
+        return f"{100 * x:.2f}" if x is not None else "-"
+
+    print(f"{'name':<22} {'method':<12} {'dataset':<8} {'k-NN %':>7} {'linear %':>8}  hub")
+    for row in list_models():
+        hub = f"{row['repo_id']}@{(row['revision'] or 'unpublished')[:12]}" if row["repo_id"] else "(built locally)"
+        print(f"{row['name']:<22} {row['method']:<12} {row['dataset']:<8} {pct(row['knn5']):>7} "
+              f"{pct(row['linear']):>8}  {hub}")
+
+
+def register_probe(subparsers) -> None:
+    p = subparsers.add_parser("probe", help="k-NN and linear probes of a model on CIFAR-10 (the model-card protocol)")
+    p.add_argument("model", help="registry name, Hub id (owner/name[@revision]) or local directory")
+    p.add_argument("--knn", action="store_true", help="k-NN probes only (with --linear: both; default: both)")
+    p.add_argument("--linear", action="store_true", help="linear probe only (with --knn: both)")
+    p.add_argument("--train-per-class", type=int, help="train bank: first N images per class (default: all)")
+    p.add_argument("--data", help="CIFAR-10 root (default: $SSL_ZOO_DATA, ../shared copy, or download)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_probe)
+
+
+def _probe(args: argparse.Namespace) -> None:
+    from .hub import load, probe
+
+    both = args.knn == args.linear
+    results = probe(load(args.model, device=args.device), knn=both or args.knn, linear=both or args.linear,
+                    train_per_class=args.train_per_class, data=args.data)
+    labels = {"knn5": "k-NN (k=5, Euclidean)", "knn200": "weighted k-NN (k=200, T=0.07, cosine)",
+              "linear": "linear probe"}
+    for key, value in results.items():
+        print(f"{labels[key]:<40} {100 * value:.2f} %")
+
+
+def register_publish(subparsers) -> None:
+    p = subparsers.add_parser("publish", help="upload a training run to the Hugging Face Hub in one commit")
+    p.add_argument("run_dir")
+    p.add_argument("--repo", required=True, help="owner/name on the Hub")
+    p.add_argument("--private", action="store_true")
+    p.set_defaults(func=_publish)
+
+
+def _publish(args: argparse.Namespace) -> None:
+    from .publish import publish
+
+    out = publish(args.run_dir, args.repo, private=args.private)
+    print(f"commit {out['commit']}  {out['url']}")
+    print("registry entry for zoo/registry.json (name it, e.g. \"<method>-cifar10\"):")
+    print(json.dumps(out["registry_entry"], indent=2))

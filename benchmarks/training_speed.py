@@ -1,0 +1,140 @@
+"""Augmentation and training-step throughput vs the seed's pipeline, side by side in one run.
+
+    python benchmarks/training_speed.py
+
+Augmentation: view pairs/s from real CIFAR-10 uint8 images, for the seed's torchvision PIL
+pipeline in a 2-worker DataLoader, kornia's AugmentationSequential (if installed) and
+training.augment.BatchAugment. Step: SimCLR steps/s on the same model and batch, seed-style
+(PIL loader, two forward passes) vs ours (batched augmentation, both views in one pass).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+
+from report import write_report
+from training.augment import BatchAugment
+from training.losses import nt_xent
+from training.methods import SimCLR
+from zoo import build_encoder, load_cifar10
+
+WORKERS = 2
+
+
+def seed_transform() -> T.Compose:
+    return T.Compose([
+        T.RandomResizedCrop(32, scale=(0.2, 1.0)), T.RandomHorizontalFlip(),
+        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), T.RandomGrayscale(p=0.2),
+        T.RandomApply([T.GaussianBlur(3, sigma=(0.1, 2.0))], p=0.5), T.ToTensor()])
+
+
+class SeedPairs(Dataset):
+    """The seed's dataset: two independently augmented PIL views per image."""
+
+    def __init__(self, images) -> None:
+        self.images, self.transform = images, seed_transform()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        im = Image.fromarray(self.images[i])
+        return self.transform(im), self.transform(im)
+
+
+def seed_loader(images, batch: int) -> DataLoader:
+    return DataLoader(SeedPairs(images), batch_size=batch, shuffle=True, num_workers=WORKERS, drop_last=True,
+                      persistent_workers=True)
+
+
+def pairs_per_s(fn, pairs: int, repeats: int = 2) -> float:
+    fn()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return repeats * pairs / (time.perf_counter() - start)
+
+
+def kornia_augment():
+    try:
+        import kornia.augmentation as K
+    except ImportError:
+        return None
+    return K.AugmentationSequential(
+        K.RandomResizedCrop((32, 32), scale=(0.2, 1.0)), K.RandomHorizontalFlip(),
+        K.ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8), K.RandomGrayscale(p=0.2),
+        K.RandomGaussianBlur((3, 3), (0.1, 2.0), p=0.5))
+
+
+def augmentation_rows(images) -> list[dict]:
+    n, batch = 4096, 256
+    uint8 = torch.from_numpy(images[:n])
+    loader = seed_loader(images[:n], batch)
+    ours = BatchAugment()
+    variants = [("seed: torchvision PIL per sample, DataLoader 2 workers", lambda: [None for _ in loader])]
+    k = kornia_augment()
+    if k is not None:
+        floats = uint8.permute(0, 3, 1, 2).float() / 255
+        variants.append(("kornia AugmentationSequential, batched", lambda: [
+            k(torch.cat([floats[i:i + batch]] * 2)) for i in range(0, n, batch)]))
+    variants.append(("zoo BatchAugment, batched", lambda: [ours(torch.cat([uint8[i:i + batch]] * 2))
+                                                           for i in range(0, n, batch)]))
+    rows, base = [], None
+    for name, fn in variants:
+        rate = pairs_per_s(fn, n)
+        base = base or rate
+        rows.append({"pipeline": name, "pairs/s": round(rate), "vs seed": f"{rate / base:.1f}x"})
+    return rows
+
+
+def step_rows(images) -> list[dict]:
+    batch, steps = 128, 8
+    torch.manual_seed(0)
+    model = SimCLR(build_encoder({"architecture": "resnet18_cifar", "kwargs": {"width": 16}}), 512, 128)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loader = seed_loader(images[: batch * steps], batch)
+
+    def seed_epoch():  # the notebook's loop: PIL views from workers, one forward per view
+        for x1, x2 in loader:
+            z1, z2 = model.projector(model.encoder(x1)), model.projector(model.encoder(x2))
+            loss = nt_xent(z1, z2, 0.5)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    uint8, augment = torch.from_numpy(images[: batch * steps]), BatchAugment()
+
+    def our_epoch():  # training.loop's step: batched augmentation, both views in one forward
+        for i in range(steps):
+            x = uint8[i * batch:(i + 1) * batch]
+            loss = model(augment(torch.cat([x, x])))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    rows, base = [], None
+    for name, fn in (("seed-style: PIL DataLoader, two forwards", seed_epoch),
+                     ("zoo: batched augmentation, one forward", our_epoch)):
+        rate = pairs_per_s(fn, batch * steps, repeats=1) / batch
+        base = base or rate
+        rows.append({"step": name, "steps/s": round(rate, 3), "images/s": round(rate * batch, 1),
+                     "vs seed": f"{rate / base:.2f}x"})
+    return rows
+
+
+def main() -> None:
+    images = load_cifar10("train").images
+    torch.set_num_threads(2)
+    print(write_report("augmentation", "SimCLR augmentation throughput, real CIFAR-10, 2 CPU cores",
+                       augmentation_rows(images), "Command: `python benchmarks/training_speed.py`."))
+    print(write_report("step", "SimCLR training step, width-16 CIFAR ResNet-18, batch 128, 2 CPU cores",
+                       step_rows(images), "Command: `python benchmarks/training_speed.py`."))
+
+
+if __name__ == "__main__":
+    main()

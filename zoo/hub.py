@@ -1,0 +1,143 @@
+"""Load encoders by registry name, Hub id or local directory; embed images; probe loaded models."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                    RevisionNotFoundError)
+from PIL import Image
+from torch import nn
+
+from .encoders import EncoderConfig, build_encoder
+from .registry import entry
+from .serialization import CONFIG_NAME, WEIGHTS_NAME, load_encoder
+from .transforms import Preprocess
+
+
+class HashMismatchError(RuntimeError):
+    """A downloaded file's sha256 differs from the pinned one."""
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def load(name_or_id: str, revision: str | None = None, device: str = "cpu") -> nn.Module:
+    """Return a ready encoder (eval mode, ``.preprocess`` attached) from a registry name,
+    a Hub id ``owner/name[@revision]`` or a local directory (config.json + model.safetensors).
+
+    Hub downloads go through huggingface_hub (its cache, HF_ENDPOINT, HF_TOKEN and
+    HF_HUB_OFFLINE apply). Registry models are checked against their pinned sha256.
+    """
+    if Path(name_or_id).is_dir():
+        return load_encoder(name_or_id, device)
+    if "/" not in name_or_id:
+        spec = entry(name_or_id)
+        if spec.get("repo_id") is None:  # the random-init baseline: built, not downloaded
+            torch.manual_seed(spec["seed"])
+            config = EncoderConfig.from_dict(spec["encoder"])
+            encoder = build_encoder(config).to(device).eval()
+            encoder.config, encoder.info, encoder.preprocess = config, {"name": name_or_id}, Preprocess(config)
+            return encoder
+        if spec.get("revision") is None and revision is None:
+            raise RuntimeError(f"{name_or_id} has no published revision yet. {spec.get('note', '')}")
+        pinned = revision is None or revision == spec["revision"]
+        return _load_from_hub(spec["repo_id"], revision or spec["revision"], device,
+                              expected_sha256=spec.get("sha256") if pinned else None)
+    repo_id, _, at = name_or_id.partition("@")
+    return _load_from_hub(repo_id, revision or at or None, device)
+
+
+def _load_from_hub(repo_id: str, revision: str | None, device: str, expected_sha256: str | None = None) -> nn.Module:
+    where = f"{repo_id}@{revision or 'main'}"
+    paths = {}
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        try:
+            paths[name] = Path(hf_hub_download(repo_id, name, revision=revision))
+        except RepositoryNotFoundError as e:
+            raise FileNotFoundError(f"model repo {repo_id} not found on the Hub ({_endpoint()}); check the id, "
+                                    "or set HF_TOKEN if it is private") from e
+        except RevisionNotFoundError as e:
+            raise FileNotFoundError(f"revision {revision} not found in {repo_id}") from e
+        except EntryNotFoundError as e:
+            raise FileNotFoundError(f"{where} has no {name}: not an ssl-zoo encoder repo") from e
+        except LocalEntryNotFoundError as e:
+            raise ConnectionError(f"cannot reach the Hub ({_endpoint()}) and {name} of {where} is not in the "
+                                  "local cache; connect to the network, or load a cached revision") from e
+    weights = paths[WEIGHTS_NAME]
+    actual = sha256_of(weights)
+    blob_name = weights.resolve().name  # huggingface_hub names LFS blobs by their sha256
+    for expected, source in ((expected_sha256, "the registry pin"), (blob_name, "the Hub's LFS object id")):
+        if expected and len(expected) == 64 and actual != expected:
+            raise HashMismatchError(f"{where}/{WEIGHTS_NAME}: sha256 {actual} does not match {source} {expected}. "
+                                    f"The file at {weights.resolve()} was left in place; delete it (or the "
+                                    "huggingface_hub cache entry) to download it again.")
+    if paths[CONFIG_NAME].parent != weights.parent:
+        raise RuntimeError(f"{where}: config and weights resolved to different snapshots")
+    encoder = load_encoder(weights.parent, device)
+    encoder.info.update({"repo_id": repo_id, "revision": weights.parent.name, "sha256": actual})
+    return encoder
+
+
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def _to_uint8(image: Any, size: int) -> np.ndarray:
+    if isinstance(image, (str, os.PathLike)):
+        with Image.open(image) as im:
+            return _to_uint8(im.copy(), size)
+    if isinstance(image, Image.Image):
+        im = image.convert("RGB")
+        if im.size != (size, size):  # short side to size, then center crop, as Preprocess does
+            from torchvision.transforms.v2 import functional as F
+
+            return F.center_crop(F.resize(F.pil_to_tensor(im), size, antialias=True), [size, size]).permute(1, 2, 0).numpy()
+        return np.asarray(im)
+    raise TypeError(f"cannot embed {type(image).__name__}; pass tensors, arrays, PIL images or paths")
+
+
+def embed(encoder: nn.Module, images: Any, *, normalize: bool = False, batch_size: int = 256) -> torch.Tensor:
+    """Features for a batch tensor/array, or a list of PIL images or image paths, using the
+    encoder's own preprocessing (``encoder.preprocess``)."""
+    from .probes import extract_features
+
+    preprocess = getattr(encoder, "preprocess", None) or Preprocess(EncoderConfig("resnet18_cifar"))
+    if isinstance(images, (list, tuple)):
+        images = np.stack([_to_uint8(im, preprocess.size) for im in images])
+    return extract_features(encoder, images, preprocess=preprocess, normalize=normalize, batch_size=batch_size,
+                            progress=False)
+
+
+def probe(encoder: nn.Module, dataset: str = "cifar10", *, knn: bool = True, linear: bool = True,
+          train_per_class: int | None = None, data: str | None = None) -> dict[str, Any]:
+    """The model-card protocol on CIFAR-10: features of the train bank (all 50,000 images, or the
+    first ``train_per_class`` per class) and all 10,000 test images with the encoder's
+    preprocessing; k-NN k=5 (Euclidean), weighted k-NN k=200 (T=0.07, cosine), linear probe."""
+    from .data import load_cifar10
+    from .probes import extract_features, knn_probe, linear_probe
+
+    if dataset != "cifar10":
+        raise ValueError(f"dataset {dataset!r} is not supported; only 'cifar10'")
+    train, test = load_cifar10("train", data), load_cifar10("test", data)
+    train = train.per_class(train_per_class) if train_per_class else train
+    pre = getattr(encoder, "preprocess", None)
+    tx = extract_features(encoder, train, preprocess=pre)
+    vx = extract_features(encoder, test, preprocess=pre)
+    out: dict[str, Any] = {}
+    if knn:
+        out["knn5"] = knn_probe(tx, train.labels, vx, test.labels, k=5).accuracy
+        out["knn200"] = knn_probe(tx, train.labels, vx, test.labels, k=200, weighted=True, temperature=0.07).accuracy
+    if linear:
+        out["linear"] = linear_probe(tx, train.labels, vx, test.labels).accuracy
+    return out
