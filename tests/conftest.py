@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,23 @@ CIFAR10_JPEG = REPO.parent / "shared" / "data" / "cifar10-jpeg"
 # Decoded arrays persist between local runs (ignored by git); a fresh clone decodes once.
 os.environ.setdefault("SSL_ZOO_CACHE", str(REPO / ".pytest_cache" / "ssl-zoo"))
 os.environ.setdefault("SSL_ZOO_DATA", str(CIFAR10_JPEG))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# The Hub the tests talk to is tests/hub_server.py on loopback; huggingface_hub reads these
+# at import, so they are set before anything imports it. No test reaches huggingface.co.
+HUB_PORT = _free_port()
+os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{HUB_PORT}"
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="ssl-zoo-hf-home-")
+os.environ["HF_HUB_DISABLE_XET"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.pop("HF_TOKEN", None)
+os.environ.pop("HF_HUB_OFFLINE", None)
 
 needs_cifar10 = pytest.mark.skipif(not (CIFAR10_JPEG / "train").is_dir(),
                                    reason=f"real CIFAR-10 copy not found at {CIFAR10_JPEG}")
@@ -52,3 +71,13 @@ def small_features(cifar10_train, cifar10_test):
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def hub_server(tmp_path_factory):
+    """A Hub-protocol server on 127.0.0.1 (tests/hub_server.py), for the real huggingface_hub client."""
+    from hub_server import HubServer
+
+    server = HubServer(tmp_path_factory.mktemp("hub"), port=HUB_PORT).start()
+    yield server
+    server.stop()

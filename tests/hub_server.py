@@ -118,14 +118,14 @@ class Handler(BaseHTTPRequestHandler):
         auth = self.headers.get("Authorization", "")
         return auth[7:] if auth.startswith("Bearer ") and len(auth) > 7 else None
 
-    def _send(self, status: int, body: bytes = b"", headers: dict | None = None, head: bool = False) -> None:
+    def _send(self, status: int, body: bytes = b"", headers: dict | None = None) -> None:
         self.send_response(status)
         for k, v in (headers or {}).items():
             self.send_header(k, str(v))
         if "Content-Length" not in (headers or {}):
             self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        if not head:
+        if self.command != "HEAD":  # a HEAD answer has headers only, errors included
             self.wfile.write(body)
 
     def _json(self, obj, status: int = 200, headers: dict | None = None) -> None:
@@ -301,7 +301,7 @@ class Handler(BaseHTTPRequestHandler):
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
             data, status = data[start:end + 1], 206
         headers["Content-Length"] = len(data)
-        self._send(status, data, headers, head=method == "HEAD")
+        self._send(status, data, headers)
 
 
 class HubServer:

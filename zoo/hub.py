@@ -67,11 +67,11 @@ def _load_from_hub(repo_id: str, revision: str | None, device: str, expected_sha
                                     "or set HF_TOKEN if it is private") from e
         except RevisionNotFoundError as e:
             raise FileNotFoundError(f"revision {revision} not found in {repo_id}") from e
-        except EntryNotFoundError as e:
-            raise FileNotFoundError(f"{where} has no {name}: not an ssl-zoo encoder repo") from e
         except LocalEntryNotFoundError as e:
             raise ConnectionError(f"cannot reach the Hub ({_endpoint()}) and {name} of {where} is not in the "
                                   "local cache; connect to the network, or load a cached revision") from e
+        except EntryNotFoundError as e:  # after its subclass LocalEntryNotFoundError
+            raise FileNotFoundError(f"{where} has no {name}: not an ssl-zoo encoder repo") from e
     weights = paths[WEIGHTS_NAME]
     actual = sha256_of(weights)
     blob_name = weights.resolve().name  # huggingface_hub names LFS blobs by their sha256

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load_file, save
+import torch
 from torch import nn
 
 from .data import atomic_write
@@ -46,7 +47,8 @@ def load_encoder(directory: str | os.PathLike, device: str = "cpu") -> nn.Module
     if "encoder" not in info:
         raise ValueError(f"{directory / CONFIG_NAME} has no 'encoder' section")
     config = EncoderConfig.from_dict(info.pop("encoder"))
-    encoder = build_encoder(config)
+    with torch.device("meta"):  # no random init: every tensor comes from the file (assign=True below)
+        encoder = build_encoder(config)
     state = load_file(directory / WEIGHTS_NAME, device=str(device))
     missing, unexpected = _key_mismatch(encoder, state)
     if missing or unexpected:
@@ -54,10 +56,12 @@ def load_encoder(directory: str | os.PathLike, device: str = "cpu") -> nn.Module
                          f"{config.kwargs}: missing keys {missing[:10]}, unexpected keys {unexpected[:10]}"
                          f"{' (and more)' if max(len(missing), len(unexpected)) > 10 else ''}")
     try:
-        encoder.load_state_dict(state, strict=True)
+        encoder.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as e:  # same keys, different shapes
         raise ValueError(f"{directory / WEIGHTS_NAME} does not fit architecture {config.architecture!r} "
                          f"{config.kwargs}: {e}") from e
+    if any(t.is_meta for t in [*encoder.parameters(), *encoder.buffers()]):
+        raise ValueError(f"{config.architecture!r} has tensors that {WEIGHTS_NAME} does not hold")
     encoder.to(device).eval()
     encoder.config, encoder.info, encoder.preprocess = config, info, Preprocess(config)
     return encoder
