@@ -30,3 +30,18 @@ def write_report(name: str, title: str, rows: list[dict], notes: str = "") -> st
     markdown = "\n".join(lines)
     (RESULTS / f"{name}.md").write_text(markdown)
     return markdown
+
+
+def update_readme(readme: Path = RESULTS.parents[1] / "README.md") -> None:
+    """Copy each results/<name>.md between ``<!-- bench:<name> -->`` and ``<!-- /bench:<name> -->``."""
+    text = readme.read_text()
+    for md in sorted(RESULTS.glob("*.md")):
+        start, end = f"<!-- bench:{md.stem} -->", f"<!-- /bench:{md.stem} -->"
+        if start in text and end in text:
+            head, rest = text.split(start, 1)
+            text = head + start + "\n" + md.read_text().rstrip() + "\n" + end + rest.split(end, 1)[1]
+    readme.write_text(text)
+
+
+if __name__ == "__main__":
+    update_readme()

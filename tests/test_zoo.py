@@ -8,8 +8,9 @@ import sys
 
 import pytest
 import torch
-from huggingface_hub import HfApi, ModelCard
+from huggingface_hub import HfApi, ModelCard, hf_hub_download
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import zoo
@@ -57,6 +58,10 @@ def test_publish_then_load_by_id_and_pinned_revision_bit_exact(published, run_di
         assert not enc.training and enc.info["revision"] == commit
         state = enc.state_dict()
         assert state.keys() == trained.keys() and all(torch.equal(state[k], trained[k]) for k in trained)
+    with safe_open(hf_hub_download(REPO, "model.safetensors", revision=commit), "pt") as f:
+        meta = f.metadata()
+    assert meta["method"] == "byol" and meta["dataset"] == "cifar10" and meta["epochs"] == "1"
+    assert meta["ssl_zoo_version"] == zoo.__version__
     files = HfApi().list_repo_files(REPO, revision=commit)
     assert sorted(files) == [".gitattributes", "README.md", "config.json", "curves.png", "model.safetensors"]
 

@@ -31,29 +31,37 @@ class SSLMethod(nn.Module):
         """Hook after each optimiser step (BYOL's EMA)."""
 
 
-class SimCLR(SSLMethod):
+class _ProjectedPairMethod(SSLMethod):
+    """Encoder + projector on both views in one pass; the subclass's ``pair_loss`` compares them."""
+
+    def __init__(self, encoder: nn.Module, hidden: int, out: int, batchnorm: bool) -> None:
+        super().__init__(encoder)
+        self.projector = mlp(encoder.feature_dim, hidden, out, batchnorm=batchnorm)
+
+    def forward(self, views: torch.Tensor) -> torch.Tensor:
+        z1, z2 = self.projector(self.encoder(views)).float().chunk(2)
+        return self.pair_loss(z1, z2)
+
+
+class SimCLR(_ProjectedPairMethod):
     """Projector 512-2048-128 (no BN), NT-Xent at ``temperature``."""
 
     def __init__(self, encoder: nn.Module, hidden: int = 2048, out: int = 128, temperature: float = 0.5) -> None:
-        super().__init__(encoder)
-        self.projector = mlp(encoder.feature_dim, hidden, out, batchnorm=False)
+        super().__init__(encoder, hidden, out, batchnorm=False)
         self.temperature = temperature
 
-    def forward(self, views: torch.Tensor) -> torch.Tensor:
-        z1, z2 = self.projector(self.encoder(views)).chunk(2)
-        return nt_xent(z1.float(), z2.float(), self.temperature)
+    def pair_loss(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        return nt_xent(z1, z2, self.temperature)
 
 
-class BarlowTwins(SSLMethod):
+class BarlowTwins(_ProjectedPairMethod):
     """BN projector 512-2048-128, cross-correlation loss with off-diagonal weight ``alpha``."""
 
     def __init__(self, encoder: nn.Module, hidden: int = 2048, out: int = 128, alpha: float = 0.005) -> None:
-        super().__init__(encoder)
-        self.projector = mlp(encoder.feature_dim, hidden, out, batchnorm=True)
+        super().__init__(encoder, hidden, out, batchnorm=True)
         self.alpha = alpha
 
-    def forward(self, views: torch.Tensor) -> torch.Tensor:
-        z1, z2 = self.projector(self.encoder(views)).chunk(2)
+    def pair_loss(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
         return barlow_twins_loss(z1, z2, self.alpha)
 
 

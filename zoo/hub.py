@@ -12,13 +12,12 @@ import torch
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError,
                                     RevisionNotFoundError)
-from PIL import Image
 from torch import nn
 
 from .encoders import EncoderConfig, build_encoder
 from .registry import entry
 from .serialization import CONFIG_NAME, WEIGHTS_NAME, load_encoder
-from .transforms import Preprocess
+from .transforms import Preprocess, image_to_array
 
 
 class HashMismatchError(RuntimeError):
@@ -93,20 +92,6 @@ def _endpoint() -> str:
     return constants.ENDPOINT
 
 
-def _to_uint8(image: Any, size: int) -> np.ndarray:
-    if isinstance(image, (str, os.PathLike)):
-        with Image.open(image) as im:
-            return _to_uint8(im.copy(), size)
-    if isinstance(image, Image.Image):
-        im = image.convert("RGB")
-        if im.size != (size, size):  # short side to size, then center crop, as Preprocess does
-            from torchvision.transforms.v2 import functional as F
-
-            return F.center_crop(F.resize(F.pil_to_tensor(im), size, antialias=True), [size, size]).permute(1, 2, 0).numpy()
-        return np.asarray(im)
-    raise TypeError(f"cannot embed {type(image).__name__}; pass tensors, arrays, PIL images or paths")
-
-
 def embed(encoder: nn.Module, images: Any, *, normalize: bool = False, batch_size: int = 256) -> torch.Tensor:
     """Features for a batch tensor/array, or a list of PIL images or image paths, using the
     encoder's own preprocessing (``encoder.preprocess``)."""
@@ -114,7 +99,7 @@ def embed(encoder: nn.Module, images: Any, *, normalize: bool = False, batch_siz
 
     preprocess = getattr(encoder, "preprocess", None) or Preprocess(EncoderConfig("resnet18_cifar"))
     if isinstance(images, (list, tuple)):
-        images = np.stack([_to_uint8(im, preprocess.size) for im in images])
+        images = np.stack([image_to_array(im, preprocess.size) for im in images])
     return extract_features(encoder, images, preprocess=preprocess, normalize=normalize, batch_size=batch_size,
                             progress=False)
 
