@@ -15,10 +15,9 @@ import time
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms as T
 
 from report import write_report
-from training.augment import BatchAugment
+from training.augment import BatchAugment, seed_pil_pipeline
 from training.losses import nt_xent
 from training.methods import SimCLR
 from zoo import build_encoder, load_cifar10
@@ -26,18 +25,11 @@ from zoo import build_encoder, load_cifar10
 WORKERS = 2
 
 
-def seed_transform() -> T.Compose:
-    return T.Compose([
-        T.RandomResizedCrop(32, scale=(0.2, 1.0)), T.RandomHorizontalFlip(),
-        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), T.RandomGrayscale(p=0.2),
-        T.RandomApply([T.GaussianBlur(3, sigma=(0.1, 2.0))], p=0.5), T.ToTensor()])
-
-
 class SeedPairs(Dataset):
     """The seed's dataset: two independently augmented PIL views per image."""
 
     def __init__(self, images) -> None:
-        self.images, self.transform = images, seed_transform()
+        self.images, self.transform = images, seed_pil_pipeline()
 
     def __len__(self) -> int:
         return len(self.images)

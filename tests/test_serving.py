@@ -5,7 +5,6 @@ import io
 import os
 import socket
 import subprocess
-import sys
 import time
 
 import httpx

@@ -198,5 +198,5 @@ def test_local_directory_errors(run_dir, tmp_path):
 
 def test_random_init_baseline_is_a_named_model():
     a, b = zoo.load("random-init-resnet18"), zoo.load("random-init-resnet18")
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     assert a(torch.rand(2, 3, 32, 32)).shape == (2, 512)

@@ -164,3 +164,14 @@ class BatchAugment:
         sigma = _uniform(n, *cfg.blur_sigma, g, device)
         blurred = torch.rand(n, generator=g, device=device) < cfg.blur_p
         return gaussian_blur3(x, torch.where(blurred, sigma, torch.zeros_like(sigma)))
+
+
+def seed_pil_pipeline():
+    """The seed notebook's per-sample torchvision/PIL pipeline: the reference that BatchAugment
+    reproduces, used by the tests and benchmarks for comparison."""
+    from torchvision import transforms as T
+
+    return T.Compose([
+        T.RandomResizedCrop(32, scale=(0.2, 1.0)), T.RandomHorizontalFlip(),
+        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), T.RandomGrayscale(p=0.2),
+        T.RandomApply([T.GaussianBlur(3, sigma=(0.1, 2.0))], p=0.5), T.ToTensor()])

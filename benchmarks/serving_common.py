@@ -1,0 +1,103 @@
+"""Shared by the serving benchmarks: a model directory, real JPEGs, a server subprocess, a load loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+import zoo
+from zoo.serialization import save_encoder
+
+CIFAR_TEST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg" / "test"
+
+
+def model_dir(width: int) -> Path:
+    """A random-init CIFAR ResNet-18 of ``width`` saved as a zoo directory (speed does not depend on weights)."""
+    torch.manual_seed(0)
+    config = zoo.EncoderConfig("resnet18_cifar", {"width": width})
+    return save_encoder(zoo.build_encoder(config), config, tempfile.mkdtemp(prefix=f"serve-w{width}-"))
+
+
+def jpegs(n: int) -> list[bytes]:
+    files = sorted(CIFAR_TEST.glob("*/*.jpg"))[:: max(1, 10_000 // n)][:n]
+    return [f.read_bytes() for f in files]
+
+
+def start_server(path: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(["ssl-zoo", "serve", str(path), "--port", str(port), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(f"{url}/health", timeout=1).text == "ok":
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    stop_server(proc)
+    raise RuntimeError("server did not start")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=60)
+
+
+def process_tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        todo += children.get(p, [])
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+async def run_load(url: str, clients: int, requests: int, make_request) -> dict:
+    """``clients`` concurrent loops sending ``requests`` requests in all; ``make_request(i)`` returns
+    (httpx kwargs, check(response) -> str | None). Returns throughput, latencies and problems."""
+    latencies, problems, statuses = [], [], {}
+    counter = iter(range(requests))
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        async def worker() -> None:
+            for i in counter:
+                kwargs, check = make_request(i)
+                start = time.perf_counter()
+                r = await client.post("/embed", **kwargs)
+                latencies.append(time.perf_counter() - start)
+                statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+                problem = check(r)
+                if problem:
+                    problems.append(problem)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        seconds = time.perf_counter() - start
+    lat = np.array(latencies) * 1000
+    return {"requests/s": requests / seconds, "p50 ms": float(np.percentile(lat, 50)),
+            "p99 ms": float(np.percentile(lat, 99)), "statuses": statuses, "problems": problems}
