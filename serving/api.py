@@ -211,8 +211,10 @@ class EncoderAPI(ls.LitAPI):
 
 
 def build_server(model: str, *, backend: str = "torch", max_batch_size: int = 16, batch_timeout: float = 0.005,
-                 workers: int = 1, limits: Limits = Limits(), accelerator: str = "auto") -> ls.LitServer:
-    """A LitServer for ``model`` (registry name, Hub id or local directory)."""
+                 workers: int = 1, limits: Limits = Limits(), accelerator: str = "auto",
+                 fast_queue: bool = True) -> ls.LitServer:
+    """A LitServer for ``model`` (registry name, Hub id or local directory); ``fast_queue``: LitServe's
+    ZeroMQ queues between HTTP and inference processes instead of multiprocessing.Manager ones."""
     import zoo
 
     encoder = zoo.load(model)  # fail fast on a bad model, and read its metadata for /info
@@ -225,4 +227,4 @@ def build_server(model: str, *, backend: str = "torch", max_batch_size: int = 16
                                   "std": encoder.config.std, "resize": "short side, then center crop"},
                 "limits": limits.__dict__}
     return ls.LitServer(api, accelerator=accelerator, workers_per_device=workers, model_metadata=metadata,
-                        max_payload_size=limits.max_body_bytes)
+                        max_payload_size=limits.max_body_bytes, fast_queue=fast_queue)
