@@ -101,17 +101,22 @@ def step_rows(images) -> list[dict]:
 
     uint8, augment = torch.from_numpy(images[: batch * steps]), BatchAugment()
 
-    def our_epoch():  # training.loop's step: batched augmentation, both views in one forward
+    def our_epoch(bf16: bool):  # training.loop's step: batched augmentation, both views in one forward
+        fmt = torch.channels_last if bf16 else torch.contiguous_format
+        model.to(memory_format=fmt)
         for i in range(steps):
             x = uint8[i * batch:(i + 1) * batch]
-            loss = model(augment(torch.cat([x, x])))
+            with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+                loss = model(augment(torch.cat([x, x])).contiguous(memory_format=fmt))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
 
     rows, base = [], None
     for name, fn in (("seed-style: PIL DataLoader, two forwards", seed_epoch),
-                     ("zoo: batched augmentation, one forward", our_epoch)):
+                     ("zoo, fp32 (--precision auto on CPU)", lambda: our_epoch(False)),
+                     ("zoo, bf16 autocast + channels_last (--precision bf16; this CPU has AMX)",
+                      lambda: our_epoch(True))):
         rate = pairs_per_s(fn, batch * steps, repeats=1) / batch
         base = base or rate
         rows.append({"step": name, "steps/s": round(rate, 3), "images/s": round(rate * batch, 1),

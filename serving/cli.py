@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 
 
 def register_serve(subparsers) -> None:
@@ -29,11 +30,19 @@ def _serve(args: argparse.Namespace) -> None:
         os.environ["LIT_SERVER_API_KEY"] = args.api_key
     from .api import Limits, build_server
 
+    def stop(*_):  # SIGTERM shuts down like Ctrl-C: LitServe then stops its worker processes
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+
     limits = Limits(args.max_images, args.max_pixels, int(args.max_body_mb * 1024 * 1024))
     server = build_server(args.model, backend=args.backend, max_batch_size=args.max_batch_size,
                           batch_timeout=args.batch_timeout, workers=args.workers, limits=limits,
                           accelerator=args.accelerator)
-    server.run(host=args.host, port=args.port, generate_client_file=False)
+    try:
+        server.run(host=args.host, port=args.port, generate_client_file=False)
+    except KeyboardInterrupt:
+        pass
 
 
 def register_export(subparsers) -> None:

@@ -3,6 +3,7 @@
 import base64
 import io
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -42,7 +43,7 @@ def _start(model_dir, *extra, headers=None):
     port = _port()
     proc = subprocess.Popen(["ssl-zoo", "serve", str(model_dir), "--port", str(port), "--max-images", "4",
                              "--max-pixels", "100000", "--max-body-mb", "1", *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while time.time() < deadline:
@@ -53,16 +54,27 @@ def _start(model_dir, *extra, headers=None):
             time.sleep(0.3)
         if proc.poll() is not None:
             raise RuntimeError(proc.stderr.read().decode()[-2000:])
-    proc.kill()
+    _stop(proc)
     raise RuntimeError("server did not become healthy")
+
+
+def _stop(proc) -> None:
+    """SIGTERM the server; then make sure no process of its group (LitServe workers) survives."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 @pytest.fixture(scope="module")
 def server(model_dir):
     proc, url = _start(model_dir)
     yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    _stop(proc)
 
 
 def _png(im: Image.Image) -> bytes:
@@ -156,8 +168,7 @@ def test_api_key_is_required_when_set(model_dir):
         assert httpx.post(f"{url}/embed", files=files, headers={"X-API-Key": "s3cret"}).status_code == 200
         assert httpx.get(f"{url}/health").status_code == 401
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        _stop(proc)
 
 
 def test_onnx_export_matches_torch_on_real_images(model_dir, tmp_path, cifar10_test):
@@ -178,8 +189,7 @@ def test_onnx_backend_serves_the_same_embeddings(model_dir):
         assert np.abs(got - expected).max() < 1e-4
         assert httpx.get(f"{url}/info").json()["model"]["backend"] == "onnx"
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        _stop(proc)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -14,7 +14,8 @@ class TrainConfig:
     """Everything a run depends on; saved as ``config.json`` in the run directory.
 
     ``None`` for lr / weight_decay / warmup_epochs means the method's seed default.
-    ``*_per_class`` of ``None`` means the full CIFAR-10 split.
+    ``*_per_class`` of ``None`` means the full CIFAR-10 split. ``precision``: ``auto`` is bf16
+    autocast + channels_last on CUDA and fp32 on CPU; ``bf16`` forces it (fast on CPUs with AMX).
     """
 
     method: str = "simclr"
@@ -35,6 +36,7 @@ class TrainConfig:
     final_train_per_class: int | None = None
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"
     compile: bool = False
     log_every: int = 20
     data: str | None = None
@@ -53,6 +55,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
         if cfg.batch_size < 2:
             raise ValueError("batch_size must be at least 2 (contrastive and batch-statistics losses)")
+        if cfg.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"precision must be auto, bf16 or fp32, got {cfg.precision!r}")
         if not 0 <= cfg.warmup_epochs <= cfg.epochs:
             raise ValueError(f"warmup_epochs must be in 0..epochs ({cfg.epochs}), got {cfg.warmup_epochs}")
         return cfg

@@ -68,7 +68,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict[str, 
     method, encoder_config = build_method(cfg)
     if env.world_size > 1:
         method = convert_batchnorm(method)
-    memory_format = torch.channels_last if dev.type == "cuda" else torch.contiguous_format  # slower on CPU
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and dev.type == "cuda")
+    memory_format = torch.channels_last if bf16 else torch.contiguous_format  # fp32 CPU convs: slower
     method.to(dev, memory_format=memory_format)
     model = DistributedDataParallel(method) if env.world_size > 1 else method
     step_fn = torch.compile(model) if cfg.compile else model
@@ -92,7 +93,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict[str, 
         out.mkdir(parents=True, exist_ok=True)
         _write_json(out / "train_config.json", asdict(cfg))
         _write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
-    augment, autocast = BatchAugment(), torch.autocast(dev.type, torch.bfloat16, enabled=dev.type == "cuda")
+    augment, autocast = BatchAugment(), torch.autocast(dev.type, torch.bfloat16, enabled=bf16)
     first_loss = history[0]["loss"] if history else None
 
     for epoch in range(len(history), cfg.epochs):

@@ -1,7 +1,7 @@
 """Embedding-server throughput and latency: batch size 1 vs dynamic batching, 1/4/16 clients;
 server overhead vs calling the model directly; onnxruntime vs torch eager.
 
-    python benchmarks/serving.py
+    python benchmarks/serving_speed.py
 
 Model: full-width CIFAR ResNet-18 (512-d). Each request uploads one real CIFAR-10 JPEG
 (multipart). Load: an httpx/asyncio generator on loopback, a bounded number of requests.
@@ -95,12 +95,12 @@ def main() -> None:
     notes = (f"At 16 clients dynamic batching serves {batched / single:.2f}x the requests/s of batch size 1. "
              f"Calling decode + preprocess + model directly in batches of 16: {direct:.1f} images/s; the "
              f"batching server reaches {batched:.1f} (overhead {100 * (1 - batched / direct):.1f} %). "
-             "Command: `python benchmarks/serving.py`.")
+             "Command: `python benchmarks/serving_speed.py`.")
     print(write_report("serving", "Embedding server on 2 CPU cores, full-width CIFAR ResNet-18, one JPEG per request",
                        rows, notes))
     print(write_report("onnx", "onnxruntime vs torch eager, full-width CIFAR ResNet-18, CPU", onnx_rows(path, images),
                        "Session options: ORT_ENABLE_ALL graph optimisation, intra-op threads = torch threads (2), "
-                       "sequential execution, CPUExecutionProvider; opset 18. Command: `python benchmarks/serving.py`."))
+                       "sequential execution, CPUExecutionProvider; opset 18. Command: `python benchmarks/serving_speed.py`."))
 
 
 if __name__ == "__main__":
