@@ -41,9 +41,10 @@ def load(name_or_id: str, revision: str | None = None, device: str = "cpu") -> n
     if "/" not in name_or_id:
         spec = entry(name_or_id)
         if spec.get("repo_id") is None:  # the random-init baseline: built, not downloaded
-            torch.manual_seed(spec["seed"])
             config = EncoderConfig.from_dict(spec["encoder"])
-            encoder = build_encoder(config).to(device).eval()
+            with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
+                torch.manual_seed(spec["seed"])
+                encoder = build_encoder(config).to(device).eval()
             encoder.config, encoder.info, encoder.preprocess = config, {"name": name_or_id}, Preprocess(config)
             return encoder
         if spec.get("revision") is None and revision is None:
