@@ -112,8 +112,20 @@ def _jitter_op(op: int, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return _hsv_to_rgb(hsv)
 
 
-def color_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-    """Apply brightness/contrast/saturation/hue ``factors`` (N, 4) in a per-sample ``order`` (N, 4)."""
+def color_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor, sync_free: bool = False) -> torch.Tensor:
+    """Apply brightness/contrast/saturation/hue ``factors`` (N, 4) in a per-sample ``order`` (N, 4).
+
+    Default: each op runs on the samples that take it at that step (fastest on CPU).
+    ``sync_free``: each op runs on the whole batch and ``where`` picks, with no data-dependent
+    shapes, so no host-device synchronisation on CUDA.
+    """
+    if sync_free:
+        for step in range(4):
+            out = x
+            for op in range(4):
+                out = torch.where((order[:, step] == op).view(-1, 1, 1, 1), _jitter_op(op, x, factors[:, op]), out)
+            x = out
+        return x
     x = x.clone()
     for step in range(4):
         for op in range(4):
@@ -138,8 +150,9 @@ class BatchAugment:
     """Callable: uint8 ``(N, H, W, 3)`` or float ``(N, 3, H, W)`` images -> augmented float
     ``(N, 3, size, size)`` in [0, 1], each sample with its own random parameters."""
 
-    def __init__(self, config: AugmentConfig = AugmentConfig()) -> None:
-        self.config = config
+    def __init__(self, config: AugmentConfig = AugmentConfig(), sync_free: bool | None = None) -> None:
+        """``sync_free``: avoid data-dependent shapes (no host-device syncs); default: on CUDA only."""
+        self.config, self.sync_free = config, sync_free
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         cfg, device = self.config, images.device
@@ -155,8 +168,12 @@ class BatchAugment:
         factors = torch.stack([_uniform(n, 1 - b, 1 + b, g, device), _uniform(n, 1 - c, 1 + c, g, device),
                                _uniform(n, 1 - s, 1 + s, g, device), _uniform(n, -hue, hue, g, device)], 1)
         order = torch.rand(n, 4, generator=g, device=device).argsort(1)
-        idx = jittered.nonzero()[:, 0]
-        x = x.index_copy(0, idx, color_jitter(x[idx], factors[idx], order[idx]))
+        if self.sync_free if self.sync_free is not None else x.is_cuda:
+            neutral = torch.tensor([1.0, 1.0, 1.0, 0.0], device=device)  # identity jitter for the others
+            x = color_jitter(x, torch.where(jittered[:, None], factors, neutral), order, sync_free=True)
+        else:
+            idx = jittered.nonzero()[:, 0]
+            x = x.index_copy(0, idx, color_jitter(x[idx], factors[idx], order[idx]))
 
         gray = torch.rand(n, generator=g, device=device) < cfg.gray_p
         x = torch.where(gray.view(-1, 1, 1, 1), grayscale(x).expand_as(x), x)

@@ -82,10 +82,9 @@ class GlobalBatchNorm(nn.BatchNorm1d):
         if not self.training or world()[1] == 1:
             return super().forward(x)
         dims = [0] + list(range(2, x.dim()))
-        count = torch.tensor([x.numel() / x.shape[1]], device=x.device, dtype=torch.float32)
-        stats = all_reduce_sum(torch.cat([x.float().sum(dims), (x.float() ** 2).sum(dims), count]))
         c = x.shape[1]
-        n = stats[-1]
+        n = x.numel() // c * world()[1]  # every rank holds the same number of samples
+        stats = all_reduce_sum(torch.cat([x.float().sum(dims), (x.float() ** 2).sum(dims)]))
         mean = stats[:c] / n
         var = (stats[c:2 * c] / n - mean**2).clamp_min(0)
         with torch.no_grad():

@@ -34,9 +34,10 @@ def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return (2 - 2 * F.cosine_similarity(p, z.detach(), dim=1)).mean()
 
 
-def _standardise(z: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-dimension standardisation over the global batch (biased variance, like BatchNorm1d)."""
-    count = all_reduce_sum(torch.tensor(float(len(z)), device=z.device))
+def _standardise(z: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, int]:
+    """Per-dimension standardisation over the global batch (biased variance, like BatchNorm1d).
+    Every rank holds the same number of samples (the loop splits the global batch evenly)."""
+    count = len(z) * world()[1]
     mean = all_reduce_sum(z.sum(0)) / count
     var = all_reduce_sum(((z - mean) ** 2).sum(0)) / count
     return (z - mean) / torch.sqrt(var + eps), count
