@@ -18,8 +18,9 @@ import torch
 
 from report import write_report
 from training.config import build_config
-from training.loop import _probe, build_method, train
+from training.loop import build_method, train
 from zoo import load_cifar10
+from zoo.probes import evaluate
 
 
 def main() -> None:
@@ -32,7 +33,7 @@ def main() -> None:
     encoder = build_method(control_cfg)[0].encoder
     train_set, test_set = load_cifar10("train"), load_cifar10("test")
     bank = train_set.per_class(control_cfg.final_train_per_class) if control_cfg.final_train_per_class else train_set
-    control = _probe(encoder, bank, test_set, torch.device("cpu"), final=True)
+    control = evaluate(encoder, bank, test_set)
     for method in ("simclr", "byol", "barlowtwins"):
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as out:

@@ -14,7 +14,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 import zoo
-from zoo import EncoderConfig, build_encoder, extract_features, knn_probe, linear_probe, load_cifar10
+from zoo import EncoderConfig, build_encoder, load_cifar10
+from zoo.probes import evaluate
 from zoo.data import atomic_write
 from zoo.serialization import save_encoder
 
@@ -129,7 +130,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict[str, 
         _check_loss(epoch_loss, first_loss, epoch, steps, out)
         seconds = time.perf_counter() - start
         if env.is_main:
-            knn = _probe(method.encoder, eval_bank, eval_test, dev)["knn5"]
+            knn = evaluate(method.encoder, eval_bank, eval_test, weighted_knn=False, linear=False, device=dev)["knn5"]
             record = {"epoch": epoch + 1, "loss": epoch_loss, "lr": lr, "knn_accuracy": knn,
                       "images_per_s": steps * cfg.batch_size / seconds, "seconds": seconds}
             history.append(record)
@@ -148,7 +149,7 @@ def _finish(cfg, method, encoder_config, train_set, test_set, history, out: Path
     if not env.is_main:
         return {}
     bank = train_set.per_class(cfg.final_train_per_class) if cfg.final_train_per_class else train_set
-    results = _probe(method.encoder, bank, test_set, env.device, final=True)
+    results = evaluate(method.encoder, bank, test_set, device=env.device)
     results.update({"train_images": len(bank), "test_images": len(test_set), "epochs": cfg.epochs,
                     "environment": {"torch": torch.__version__, "device": str(env.device), "seed": cfg.seed,
                                     "processes": env.world_size}})
@@ -161,20 +162,6 @@ def _finish(cfg, method, encoder_config, train_set, test_set, history, out: Path
     print(f"{cfg.method}: k-NN (k=5) {100 * results['knn5']:.2f} %, weighted k-NN (k=200) "
           f"{100 * results['knn200']:.2f} %, linear {100 * results['linear']:.2f} % -> {out}", flush=True)
     return results
-
-
-def _probe(encoder, bank, test, device, final: bool = False) -> dict[str, Any]:
-    """k-NN (k=5) on the given bank and test images; with ``final`` also weighted k-NN and linear."""
-    tx = extract_features(encoder, bank, device=device, progress=False)
-    vx = extract_features(encoder, test, device=device, progress=False)
-    knn5 = knn_probe(tx, bank.labels, vx, test.labels, k=5)
-    out = {"knn5": knn5.accuracy}
-    if final:
-        knn200 = knn_probe(tx, bank.labels, vx, test.labels, k=min(200, len(tx)), weighted=True, temperature=0.07)
-        linear = linear_probe(tx, bank.labels, vx, test.labels)
-        out.update({"knn200": knn200.accuracy, "linear": linear.accuracy,
-                    "protocol": {"knn5": knn5.protocol, "knn200": knn200.protocol, "linear": linear.protocol}})
-    return out
 
 
 def _check_loss(value: float, first: float, epoch: int, step: int, out: Path) -> None:

@@ -16,7 +16,7 @@ from torch import nn
 
 from .encoders import EncoderConfig, build_encoder
 from .registry import entry
-from .serialization import CONFIG_NAME, WEIGHTS_NAME, load_encoder
+from .serialization import CONFIG_NAME, WEIGHTS_NAME, load_encoder, ready
 from .transforms import Preprocess, image_to_array
 
 
@@ -44,9 +44,8 @@ def load(name_or_id: str, revision: str | None = None, device: str = "cpu") -> n
             config = EncoderConfig.from_dict(spec["encoder"])
             with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
                 torch.manual_seed(spec["seed"])
-                encoder = build_encoder(config).to(device).eval()
-            encoder.config, encoder.info, encoder.preprocess = config, {"name": name_or_id}, Preprocess(config)
-            return encoder
+                encoder = build_encoder(config)
+            return ready(encoder, config, {"name": name_or_id}, device)
         if spec.get("revision") is None and revision is None:
             raise RuntimeError(f"{name_or_id} has no published revision yet. {spec.get('note', '')}")
         pinned = revision is None or revision == spec["revision"]
@@ -107,23 +106,13 @@ def embed(encoder: nn.Module, images: Any, *, normalize: bool = False, batch_siz
 
 def probe(encoder: nn.Module, dataset: str = "cifar10", *, knn: bool = True, linear: bool = True,
           train_per_class: int | None = None, data: str | None = None) -> dict[str, Any]:
-    """The model-card protocol on CIFAR-10: features of the train bank (all 50,000 images, or the
-    first ``train_per_class`` per class) and all 10,000 test images with the encoder's
-    preprocessing; k-NN k=5 (Euclidean), weighted k-NN k=200 (T=0.07, cosine), linear probe."""
+    """The model-card protocol (``zoo.probes.evaluate``) on CIFAR-10: train bank of all 50,000
+    images (or the first ``train_per_class`` per class), all 10,000 test images."""
     from .data import load_cifar10
-    from .probes import extract_features, knn_probe, linear_probe
+    from .probes import evaluate
 
     if dataset != "cifar10":
         raise ValueError(f"dataset {dataset!r} is not supported; only 'cifar10'")
     train, test = load_cifar10("train", data), load_cifar10("test", data)
     train = train.per_class(train_per_class) if train_per_class else train
-    pre = getattr(encoder, "preprocess", None)
-    tx = extract_features(encoder, train, preprocess=pre)
-    vx = extract_features(encoder, test, preprocess=pre)
-    out: dict[str, Any] = {}
-    if knn:
-        out["knn5"] = knn_probe(tx, train.labels, vx, test.labels, k=5).accuracy
-        out["knn200"] = knn_probe(tx, train.labels, vx, test.labels, k=200, weighted=True, temperature=0.07).accuracy
-    if linear:
-        out["linear"] = linear_probe(tx, train.labels, vx, test.labels).accuracy
-    return out
+    return evaluate(encoder, train, test, knn=knn, weighted_knn=knn, linear=linear)

@@ -86,6 +86,28 @@ def extract_features(
     return torch.cat(out)
 
 
+def evaluate(encoder: nn.Module, bank: ImageArrays, test: ImageArrays, *, knn: bool = True, weighted_knn: bool = True,
+             linear: bool = True, device: str | torch.device | None = None) -> dict[str, Any]:
+    """The model-card protocol, written once: frozen features of ``bank`` and ``test`` (with the
+    encoder's ``preprocess`` if it has one), then k-NN k=5 (Euclidean), weighted k-NN k=200
+    (T=0.07, cosine; k capped at the bank size) and the linear probe. Returns accuracies by name
+    (``knn5``, ``knn200``, ``linear``) and their ``protocol``."""
+    pre = getattr(encoder, "preprocess", None)
+    tx = extract_features(encoder, bank, preprocess=pre, device=device)
+    vx = extract_features(encoder, test, preprocess=pre, device=device)
+    results: dict[str, ProbeResult] = {}
+    if knn:
+        results["knn5"] = knn_probe(tx, bank.labels, vx, test.labels, k=5)
+    if weighted_knn:
+        results["knn200"] = knn_probe(tx, bank.labels, vx, test.labels, k=min(200, len(tx)), weighted=True,
+                                      temperature=0.07)
+    if linear:
+        results["linear"] = linear_probe(tx, bank.labels, vx, test.labels)
+    out: dict[str, Any] = {name: r.accuracy for name, r in results.items()}
+    out["protocol"] = {name: r.protocol for name, r in results.items()}
+    return out
+
+
 def _check_probe_inputs(train_x, train_y, test_x, test_y) -> tuple[torch.Tensor, ...]:
     tensors = []
     for name, x, is_feat in (("train_features", train_x, True), ("train_labels", train_y, False),

@@ -62,6 +62,11 @@ def load_encoder(directory: str | os.PathLike, device: str = "cpu") -> nn.Module
                          f"{config.kwargs}: {e}") from e
     if any(t.is_meta for t in [*encoder.parameters(), *encoder.buffers()]):
         raise ValueError(f"{config.architecture!r} has tensors that {WEIGHTS_NAME} does not hold")
+    return ready(encoder, config, info, device)
+
+
+def ready(encoder: nn.Module, config: EncoderConfig, info: dict[str, Any], device: str = "cpu") -> nn.Module:
+    """Move to ``device``, set eval mode, attach ``.config``, ``.info`` and ``.preprocess``."""
     encoder.to(device).eval()
     encoder.config, encoder.info, encoder.preprocess = config, info, Preprocess(config)
     return encoder
