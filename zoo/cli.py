@@ -106,8 +106,9 @@ def _probe(args: argparse.Namespace) -> None:
                     train_per_class=args.train_per_class, data=args.data)
     labels = {"knn5": "k-NN (k=5, Euclidean)", "knn200": "weighted k-NN (k=200, T=0.07, cosine)",
               "linear": "linear probe"}
-    for key, value in results.items():
-        print(f"{labels[key]:<40} {100 * value:.2f} %")
+    for key, label in labels.items():
+        if key in results:
+            print(f"{label:<40} {100 * results[key]:.2f} %")
 
 
 def register_publish(subparsers) -> None:
