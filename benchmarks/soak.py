@@ -48,7 +48,7 @@ def main() -> None:
 
         return {"files": [("images", (f"{k}.jpg", images[k], "image/jpeg")) for k in picks]}, check
 
-    proc, url = start_server(path, "--max-batch-size", "16", "--batch-timeout", "0.01")
+    proc, url = start_server(path)  # the defaults: dynamic batching, up to 16 requests
     try:
         warm = asyncio.run(run_load(url, 16, 1000, make))
         rss_warm = process_tree_rss_mb(proc.pid)

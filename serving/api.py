@@ -2,8 +2,8 @@
 
 Requests are parsed, limited and decoded in the HTTP process (a thread per request), so the
 inference worker only batches, preprocesses and runs the model. Each request is one queue item
-holding all its images; LitServe's dynamic batching (``max_batch_size``, ``batch_timeout``)
-merges requests, and ``unbatch`` returns each its own rows, in order.
+holding all its images; the batching loop (``batching.GapBatchingLoop``) merges requests, and
+``unbatch`` returns each its own rows, in order.
 """
 
 from __future__ import annotations
@@ -17,13 +17,16 @@ from typing import Any
 
 import litserve as ls
 import numpy as np
+import orjson
 import torch
 from fastapi import HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from litserve.specs.base import LitSpec
 from litserve.utils import LitAPIStatus, ResponseBufferItem
 
+from .batching import GapBatchingLoop
 from .decode import BadRequest, decode_base64, decode_image
+from .zmq_transport import use_zmq_transport
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,7 @@ class ImageEmbeddingSpec(LitSpec):
             raise HTTPException(500, "inference failed")
         return response
 
-    async def embed(self, request: Request) -> JSONResponse:
+    async def embed(self, request: Request) -> Response:
         try:
             images, normalize = await self._images_from_request(request)
             query = request.query_params.get("normalize")
@@ -134,9 +137,9 @@ class ImageEmbeddingSpec(LitSpec):
         except BadRequest as e:
             return JSONResponse({"error": str(e)}, status_code=e.status)
         vectors = await self._run(images, bool(normalize))
-        return JSONResponse({"model": self.model_name, "dim": int(vectors.shape[1]), "embeddings": vectors.tolist()})
+        return _json({"model": self.model_name, "dim": int(vectors.shape[1]), "embeddings": vectors})
 
-    async def openai_embeddings(self, request: Request) -> JSONResponse:
+    async def openai_embeddings(self, request: Request) -> Response:
         try:
             payload = _parse_json(await self._body(request))
             inputs = payload.get("input")
@@ -149,9 +152,15 @@ class ImageEmbeddingSpec(LitSpec):
         except BadRequest as e:
             return JSONResponse({"error": {"message": str(e), "type": "invalid_request_error"}}, status_code=e.status)
         vectors = await self._run(images, False)
-        data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors.tolist())]
-        return JSONResponse({"object": "list", "data": data, "model": payload.get("model") or self.model_name,
-                             "usage": {"prompt_tokens": 0, "total_tokens": 0}})
+        data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
+        return _json({"object": "list", "data": data, "model": payload.get("model") or self.model_name,
+                      "usage": {"prompt_tokens": 0, "total_tokens": 0}})
+
+
+def _json(payload: dict) -> Response:
+    """orjson writes float32 arrays directly (shortest round-trip digits): measured 4.0 -> 2.6 ms of
+    server CPU per one-image request against ``JSONResponse`` over ``tolist()``."""
+    return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
 
 def _parse_json(body: bytes) -> dict[str, Any]:
@@ -203,28 +212,33 @@ class EncoderAPI(ls.LitAPI):
         for r in requests:
             rows = feats[start:start + len(r["images"])]
             start += len(r["images"])
-            out.append((torch.nn.functional.normalize(rows, dim=1) if r["normalize"] else rows).numpy())
+            out.append(np.ascontiguousarray(torch.nn.functional.normalize(rows, dim=1) if r["normalize"] else rows))
         return out[0] if single else out
 
     def unbatch(self, output: list[np.ndarray]) -> list[np.ndarray]:
         return output
 
 
-def build_server(model: str, *, backend: str = "torch", max_batch_size: int = 16, batch_timeout: float = 0.005,
-                 workers: int = 1, limits: Limits = Limits(), accelerator: str = "auto",
-                 fast_queue: bool = True) -> ls.LitServer:
-    """A LitServer for ``model`` (registry name, Hub id or local directory); ``fast_queue``: LitServe's
-    ZeroMQ queues between HTTP and inference processes instead of multiprocessing.Manager ones."""
+def build_server(model: str, *, backend: str = "torch", max_batch_size: int = 16, batch_timeout: float = 0.05,
+                 batch_gap: float = 0.008, workers: int = 1, limits: Limits = Limits(),
+                 accelerator: str = "auto") -> ls.LitServer:
+    """A LitServer for ``model`` (registry name, Hub id or local directory). A batch starts when it has
+    ``max_batch_size`` requests, when no request came for ``batch_gap`` s, or ``batch_timeout`` s after
+    its first request. Responses travel over LitServe's ZeroMQ transport (see ``zmq_transport``)."""
     import zoo
 
     encoder = zoo.load(model)  # fail fast on a bad model, and read its metadata for /info
     info = encoder.info
     spec = ImageEmbeddingSpec(model, encoder.config.input_size, limits)
-    api = EncoderAPI(model, backend, max_batch_size=max_batch_size, batch_timeout=batch_timeout, spec=spec)
+    loop = GapBatchingLoop(batch_gap) if max_batch_size > 1 else "auto"
+    api = EncoderAPI(model, backend, max_batch_size=max_batch_size, batch_timeout=batch_timeout, spec=spec, loop=loop)
     dim = int(encoder(torch.zeros(1, 3, encoder.config.input_size, encoder.config.input_size)).shape[1])
     metadata = {"model": model, "revision": info.get("revision"), "dim": dim, "backend": backend,
                 "preprocessing": {"input_size": encoder.config.input_size, "mean": encoder.config.mean,
                                   "std": encoder.config.std, "resize": "short side, then center crop"},
+                "batching": {"max_batch_size": max_batch_size, "batch_timeout": batch_timeout, "batch_gap": batch_gap},
                 "limits": limits.__dict__}
-    return ls.LitServer(api, accelerator=accelerator, workers_per_device=workers, model_metadata=metadata,
-                        max_payload_size=limits.max_body_bytes, fast_queue=fast_queue)
+    server = ls.LitServer(api, accelerator=accelerator, workers_per_device=workers, model_metadata=metadata,
+                          max_payload_size=limits.max_body_bytes, fast_queue=True)
+    use_zmq_transport(server)
+    return server

@@ -14,11 +14,15 @@ def register_serve(subparsers) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
     p.add_argument("--max-batch-size", type=int, default=16, help="requests merged into one model call")
-    p.add_argument("--batch-timeout", type=float, default=0.005, help="seconds to wait to fill a batch")
+    p.add_argument("--batch-timeout", type=float, default=0.05,
+                   help="longest wait, in seconds from its first request, to fill a batch")
+    p.add_argument("--batch-gap", type=float, default=0.008,
+                   help="start the batch once no request has come for this many seconds")
     p.add_argument("--workers", type=int, default=1, help="inference workers per device")
     p.add_argument("--max-images", type=int, default=64, help="images per request")
     p.add_argument("--max-pixels", type=int, default=4096 * 4096, help="pixels per image (decompression-bomb guard)")
     p.add_argument("--max-body-mb", type=float, default=32, help="request body size limit")
+    p.add_argument("--access-log", action="store_true", help="log every request (uvicorn access log)")
     p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--api-key", help="require this key in the X-API-Key header (default: $LIT_SERVER_API_KEY; "
                    "set one for non-loopback deployments)")
@@ -37,10 +41,10 @@ def _serve(args: argparse.Namespace) -> None:
 
     limits = Limits(args.max_images, args.max_pixels, int(args.max_body_mb * 1024 * 1024))
     server = build_server(args.model, backend=args.backend, max_batch_size=args.max_batch_size,
-                          batch_timeout=args.batch_timeout, workers=args.workers, limits=limits,
-                          accelerator=args.accelerator)
+                          batch_timeout=args.batch_timeout, batch_gap=args.batch_gap, workers=args.workers,
+                          limits=limits, accelerator=args.accelerator)
     try:
-        server.run(host=args.host, port=args.port, generate_client_file=False)
+        server.run(host=args.host, port=args.port, generate_client_file=False, access_log=args.access_log)
     except KeyboardInterrupt:
         pass
 

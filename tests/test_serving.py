@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
@@ -103,6 +104,25 @@ def test_embeddings_equal_zoo_embed_in_input_order(server, model_dir):
     normed = httpx.post(f"{server}/embed?normalize=true", files=files).json()["embeddings"]
     np.testing.assert_allclose(np.linalg.norm(normed, axis=1), 1, atol=1e-5)
     np.testing.assert_allclose(normed, expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-5)
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(server, model_dir):
+    expected = zoo.embed(zoo.load(str(model_dir)), JPEGS).numpy()
+    unit = expected / np.linalg.norm(expected, axis=1, keepdims=True)
+    blobs = [p.read_bytes() for p in JPEGS]
+
+    def send(i):  # 1-3 images per request, every other one normalised: batches mix both
+        picks = [(i + k) % len(JPEGS) for k in range(1 + i % 3)]
+        files = [("images", (f"{k}.jpg", blobs[k], "image/jpeg")) for k in picks]
+        r = httpx.post(f"{server}/embed", files=files, params={"normalize": str(i % 2 == 1).lower()}, timeout=60)
+        return picks, i % 2 == 1, r
+
+    with ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(send, range(36)))
+    for picks, normalized, r in results:
+        assert r.status_code == 200, r.text
+        want = (unit if normalized else expected)[picks]
+        assert np.abs(np.array(r.json()["embeddings"]) - want).max() < 1e-5
 
 
 def test_openai_style_route(server, model_dir):
