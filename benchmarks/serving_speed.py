@@ -24,7 +24,8 @@ import zoo
 from report import write_report
 from serving.decode import decode_image
 from serving.onnx_export import export_onnx, onnx_session
-from serving_common import jpegs, model_dir, multipart_upload, run_raw_load, start_server, stop_server
+from serving_common import (jpegs, model_dir, multipart_upload, process_tree_cpu_s, run_raw_load, start_server,
+                            stop_server)
 
 REQUESTS = {1: 150, 4: 300, 16: 600}
 SINGLE, DYNAMIC = "batch size 1", "dynamic batching"
@@ -38,15 +39,19 @@ def server_round(path, images, label: str, args: list[str]) -> dict[int, dict]:
         asyncio.run(run_raw_load(url, 4, uploads[:32], 512))  # warm-up
         out = {}
         for clients, n in REQUESTS.items():
+            server_cpu, client_cpu = process_tree_cpu_s(proc.pid), time.process_time()
             out[clients] = asyncio.run(run_raw_load(url, clients, [uploads[i % len(uploads)] for i in range(n)], 512))
+            out[clients]["server CPU ms/request"] = 1000 * (process_tree_cpu_s(proc.pid) - server_cpu) / n
+            out[clients]["client CPU ms/request"] = 1000 * (time.process_time() - client_cpu) / n
             assert not out[clients]["problems"], (label, clients, out[clients]["problems"][:3])
         return out
     finally:
         stop_server(proc)
 
 
-def direct_images_per_s(path, images, batch: int) -> float:
-    """decode + preprocess + model in-process, in batches of ``batch``: what the server wraps."""
+def direct_call(path, images, batch: int) -> tuple[float, float]:
+    """decode + preprocess + model in-process, in batches of ``batch`` (what the server wraps):
+    images/s and ms of CPU per image."""
     enc = zoo.load(str(path))
     n = len(images)
 
@@ -57,9 +62,9 @@ def direct_images_per_s(path, images, batch: int) -> float:
                 enc(enc.preprocess(arrays))
 
     run()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     run()
-    return n / (time.perf_counter() - start)
+    return n / (time.perf_counter() - start), 1000 * (time.process_time() - cpu) / n
 
 
 def onnx_rows(path, images, rounds: int = 5) -> list[dict]:
@@ -99,25 +104,27 @@ def main() -> None:
     configs = {SINGLE: ["--max-batch-size", "1"], DYNAMIC: shlex.split(cli.dynamic_args)}
     rounds = []
     for _ in range(cli.rounds):
-        direct = {batch: direct_images_per_s(path, images, batch) for batch in (1, 16)}
+        direct = {batch: direct_call(path, images, batch) for batch in (1, 16)}
         rounds.append({"direct": direct, **{label: server_round(path, images, label, args)
                                              for label, args in configs.items()}})
     rows = [{"server": label, "clients": clients, "requests": n,
              **{k: round(statistics.median(r[label][clients][k] for r in rounds), 1)
-                for k in ("requests/s", "p50 ms", "p99 ms")}}
+                for k in ("requests/s", "p50 ms", "p99 ms", "server CPU ms/request", "client CPU ms/request")}}
             for label in configs for clients, n in REQUESTS.items()]
     gains = [r[DYNAMIC][16]["requests/s"] / r[SINGLE][16]["requests/s"] for r in rounds]
-    ceilings = [r["direct"][16] / r["direct"][1] for r in rounds]
-    overheads = [100 * (1 - r[DYNAMIC][16]["requests/s"] / r["direct"][16]) for r in rounds]
-    directs = [r["direct"][16] for r in rounds]
+    ceilings = [r["direct"][16][0] / r["direct"][1][0] for r in rounds]
+    overheads = [100 * (1 - r[DYNAMIC][16]["requests/s"] / r["direct"][16][0]) for r in rounds]
+    directs = [r["direct"][16][0] for r in rounds]
+    direct_cpu = statistics.median(r["direct"][16][1] for r in rounds)
     flags = " ".join(configs[DYNAMIC]) or "the defaults"
     notes = (f"Median of {cli.rounds} rounds. Dynamic batching server: `ssl-zoo serve` with {flags} (max batch 16; "
              f"a batch starts when full, after a quiet gap, or at the timeout). At 16 clients it serves "
              f"**{statistics.median(gains):.2f}x** the requests/s of batch size 1 (rounds: "
              f"{', '.join(f'{g:.2f}' for g in gains)}); the model itself, called directly, gains "
              f"{statistics.median(ceilings):.2f}x from batches of 16 over batches of 1 (rounds: "
-             f"{', '.join(f'{c:.2f}' for c in ceilings)}), which bounds what batching can give here. Decode + preprocess + model called directly in batches of "
-             f"16: {statistics.median(directs):.1f} images/s; server overhead at 16 clients "
+             f"{', '.join(f'{c:.2f}' for c in ceilings)}), which bounds what batching can give here. "
+             f"Decode + preprocess + model called directly in batches of 16: {statistics.median(directs):.1f} "
+             f"images/s, using {direct_cpu:.1f} ms of CPU per image; server overhead at 16 clients "
              f"**{statistics.median(overheads):.1f} %** (rounds: {', '.join(f'{o:.1f}' for o in overheads)}). "
              "Load generator: keep-alive HTTP/1.1 on loopback, on the same 2 cores. "
              "Command: `python benchmarks/serving_speed.py`.")
@@ -125,9 +132,10 @@ def main() -> None:
                        rows, notes))
     print(write_report("onnx", "onnxruntime vs torch eager, full-width CIFAR ResNet-18, CPU", onnx_rows(path, images),
                        "Session options: ORT_ENABLE_ALL graph optimisation, intra-op threads = torch threads (2), "
-                       "sequential execution, CPUExecutionProvider; opset 18. After ORT's optimisation the graph is 20 fused NCHWc "
-                       "convolutions (batch norm folded, ReLU and residual adds fused), so there is nothing left to fuse. "
-                       "5 rounds, alternating backends. Command: `python benchmarks/serving_speed.py`."))
+                       "sequential execution, CPUExecutionProvider; opset 18. After ORT's optimisation the graph is 20 "
+                       "fused NCHWc convolutions (batch norm folded, ReLU and residual adds fused), so there is "
+                       "nothing left to fuse. 5 rounds, alternating backends. "
+                       "Command: `python benchmarks/serving_speed.py`."))
 
 
 if __name__ == "__main__":
