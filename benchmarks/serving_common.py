@@ -16,7 +16,6 @@ import orjson
 import torch
 
 import zoo
-from zoo.serialization import save_encoder
 
 CIFAR_TEST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg" / "test"
 
@@ -25,7 +24,7 @@ def model_dir(width: int) -> Path:
     """A random-init CIFAR ResNet-18 of ``width`` saved as a zoo directory (speed does not depend on weights)."""
     torch.manual_seed(0)
     config = zoo.EncoderConfig("resnet18_cifar", {"width": width})
-    return save_encoder(zoo.build_encoder(config), config, tempfile.mkdtemp(prefix=f"serve-w{width}-"))
+    return zoo.Encoder(config).save_pretrained(tempfile.mkdtemp(prefix=f"serve-w{width}-"))
 
 
 def jpegs(n: int) -> list[bytes]:

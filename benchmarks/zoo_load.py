@@ -32,11 +32,10 @@ def main() -> None:
 
     from report import write_report
     import zoo
-    from zoo.serialization import save_encoder
-
+    
     server = HubServer(tmp / "hub", port=port).start()
     config = zoo.EncoderConfig("resnet18_cifar")
-    save_encoder(zoo.build_encoder(config), config, tmp / "enc")
+    zoo.Encoder(config).save_pretrained(tmp / "enc")
     api = HfApi()
     api.create_repo("bench/resnet18", exist_ok=True)
     sha = api.upload_folder(repo_id="bench/resnet18", folder_path=tmp / "enc").oid

@@ -21,7 +21,6 @@ import zoo
 from conftest import CIFAR10_JPEG, needs_cifar10
 from serving.decode import BadRequest, decode_image
 from serving.onnx_export import max_abs_diff, onnx_session
-from zoo.serialization import save_encoder
 
 pytestmark = needs_cifar10
 JPEGS = [CIFAR10_JPEG / "test" / c / "0007.jpg" for c in ("cat", "ship", "frog", "truck")]
@@ -37,7 +36,7 @@ def _port() -> int:
 def model_dir(tmp_path_factory):
     torch.manual_seed(0)
     config = zoo.EncoderConfig("resnet18_cifar", {"width": 8})
-    return save_encoder(zoo.build_encoder(config), config, tmp_path_factory.mktemp("model"))
+    return zoo.Encoder(config).save_pretrained(tmp_path_factory.mktemp("model"))
 
 
 def _start(model_dir, *extra, headers=None):

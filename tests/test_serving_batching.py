@@ -100,11 +100,10 @@ def test_the_server_uses_a_working_zeromq_transport(tmp_path):
     import torch
 
     import zoo
-    from zoo.serialization import save_encoder
-
+    
     config = zoo.EncoderConfig("resnet18_cifar", {"width": 4})
     torch.manual_seed(0)
-    server = build_server(str(save_encoder(zoo.build_encoder(config), config, tmp_path)), accelerator="cpu")
+    server = build_server(str(zoo.Encoder(config).save_pretrained(tmp_path)), accelerator="cpu")
     assert server.transport_config.transport_type == "zmq"
     create_transport_from_config(server.transport_config).close()  # the main process closes one it never used
     consumer = create_transport_from_config(server.transport_config)  # the HTTP process's end

@@ -10,13 +10,14 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+import zoo
+
 from conftest import needs_cifar10
 from training import loop
 from training.checkpoint import load_checkpoint
 from training.config import build_config
 from training.loop import TrainingDiverged, build_method, train
 from zoo import load_cifar10
-from zoo.serialization import load_encoder
 
 pytestmark = needs_cifar10
 
@@ -43,7 +44,7 @@ def test_smoke_preset_writes_a_complete_run_directory(tmp_path):
     assert results["protocol"]["knn200"]["temperature"] == 0.07
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The published encoder is the encoder alone, loadable strictly, equal to the trained one.
-    encoder = load_encoder(out)
+    encoder = zoo.Encoder.from_directory(out)
     weights = load_file(out / "model.safetensors")
     assert not any(k.startswith(("projector", "predictor", "target")) for k in weights)
     method, _ = build_method(build_config("simclr", "smoke", None, {}))

@@ -14,10 +14,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 import zoo
-from zoo import EncoderConfig, build_encoder, load_cifar10
+from zoo import Encoder, EncoderConfig, build_encoder, load_cifar10
 from zoo.probes import evaluate
-from zoo.data import atomic_write
-from zoo.serialization import save_encoder
+from zoo.io import atomic_write
 
 from .augment import BatchAugment
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -156,9 +155,7 @@ def _finish(cfg, method, encoder_config, train_set, test_set, history, out: Path
     _write_json(out / "results.json", results)
     info = {"method": cfg.method, "dataset": "cifar10", "epochs": cfg.epochs, "results": results,
             "training": asdict(cfg), "ssl_zoo_version": zoo.__version__}
-    save_encoder(method.encoder.to(memory_format=torch.contiguous_format), encoder_config, out, info=info,
-                 metadata={"method": cfg.method, "dataset": "cifar10", "epochs": cfg.epochs,
-                           "ssl_zoo_version": zoo.__version__})
+    Encoder(encoder_config, method.encoder.to(memory_format=torch.contiguous_format)).save_pretrained(out, info=info)
     print(f"{cfg.method}: k-NN (k=5) {100 * results['knn5']:.2f} %, weighted k-NN (k=200) "
           f"{100 * results['knn200']:.2f} %, linear {100 * results['linear']:.2f} % -> {out}", flush=True)
     return results

@@ -99,7 +99,7 @@ def register_probe(subparsers) -> None:
 
 
 def _probe(args: argparse.Namespace) -> None:
-    from .hub import load, probe
+    from . import load, probe
 
     both = args.knn == args.linear
     results = probe(load(args.model, device=args.device), knn=both or args.knn, linear=both or args.linear,

@@ -11,13 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from .io import atomic_write, sha256_file
 
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer",
@@ -180,18 +181,13 @@ def _decode_all(paths: list[str], image_size: int | None, root: Path) -> np.ndar
     return np.stack(arrays)
 
 
-def _sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def _read_cache(cache: Path, fingerprint: dict) -> tuple[np.ndarray, np.ndarray] | None:
     try:
         meta = json.loads((cache / "meta.json").read_text())
         if meta["fingerprint"] != fingerprint:
             return None
         files = {name: cache / f"{name}.npy" for name in ("images", "labels")}
-        if any(_sha256_file(files[n]) != meta["sha256"][n] for n in files):
+        if any(sha256_file(files[n]) != meta["sha256"][n] for n in files):
             return None
         return np.load(files["images"]), np.load(files["labels"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -204,21 +200,6 @@ def _write_cache(cache: Path, fingerprint: dict, images: np.ndarray, labels: np.
     for name, array in (("images", images), ("labels", labels)):
         path = cache / f"{name}.npy"
         atomic_write(path, lambda f, a=array: np.save(f, a))
-        digests[name] = _sha256_file(path)
+        digests[name] = sha256_file(path)
     meta = {"fingerprint": fingerprint, "sha256": digests}
     atomic_write(cache / "meta.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
-
-
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Write a file through ``write(fileobj)`` into a temporary sibling, then rename it into place."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

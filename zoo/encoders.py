@@ -6,13 +6,13 @@ A saved ``config.json`` (``EncoderConfig.to_dict()``) rebuilds the exact module,
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import torch
 from torch import nn
-from torchvision.models import resnet18
-from torchvision.models.resnet import BasicBlock, conv1x1
+from torchvision.models.resnet import BasicBlock, ResNet, conv1x1
 
 
 class CifarResNet(nn.Module):
@@ -45,11 +45,16 @@ class CifarResNet(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's feature map ``(N, feature_dim, h, w)``, before pooling."""
         x = self.relu(self.bn1(self.conv1(x)))
         for i in range(self.num_stages):
             x = getattr(self, f"layer{i + 1}")(x)
-        return torch.flatten(self.avgpool(x), 1)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Globally average-pooled features ``(N, feature_dim)``."""
+        return torch.flatten(self.avgpool(self.forward_features(x)), 1)
 
 
 def resnet18_cifar(width: int = 64) -> CifarResNet:
@@ -57,18 +62,33 @@ def resnet18_cifar(width: int = 64) -> CifarResNet:
     return CifarResNet((2, 2, 2, 2), width)
 
 
-def resnet18_imagenet() -> nn.Module:
+class ImageNetResNet18(ResNet):
     """torchvision's ResNet-18 (ImageNet stem) with ``fc = Identity``: the seed's random-init baseline."""
-    model = resnet18(weights=None)
-    model.fc = nn.Identity()
-    model.feature_dim = 512
-    return model
+
+    feature_dim = 512
+
+    def __init__(self) -> None:
+        super().__init__(BasicBlock, [2, 2, 2, 2])
+        self.fc = nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's feature map ``(N, 512, h, w)``, before pooling."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+def resnet18_imagenet() -> ImageNetResNet18:
+    """torchvision's ResNet-18 (ImageNet stem, random init) with ``fc = Identity``."""
+    return ImageNetResNet18()
 
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "resnet18_cifar": resnet18_cifar,
     "resnet18_imagenet": resnet18_imagenet,
 }
+
+
+MIN_INPUT_SIZE, MAX_INPUT_SIZE = 8, 1024
 
 
 @dataclass(frozen=True)
@@ -85,16 +105,33 @@ class EncoderConfig:
     std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.architecture not in ARCHITECTURES:
+        if not isinstance(self.architecture, str) or self.architecture not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {self.architecture!r}; known: {sorted(ARCHITECTURES)}")
+        if not isinstance(self.kwargs, dict) or not all(isinstance(k, str) for k in self.kwargs):
+            raise ValueError(f"encoder kwargs must be an object of named arguments, got {self.kwargs!r}")
+        width = self.kwargs.get("width", 64)
+        if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= 1024:
+            raise ValueError(f"encoder kwargs.width must be an integer in 1..1024, got {width!r}")
+        size = self.input_size
+        if isinstance(size, bool) or not isinstance(size, int) or not MIN_INPUT_SIZE <= size <= MAX_INPUT_SIZE:
+            raise ValueError(f"input_size must be an integer in {MIN_INPUT_SIZE}..{MAX_INPUT_SIZE} (pixels), "
+                             f"got {size!r}")
         if (self.mean is None) != (self.std is None):
             raise ValueError("give both mean and std, or neither (ToTensor only)")
         for name in ("mean", "std"):
             value = getattr(self, name)
-            if value is not None:
-                object.__setattr__(self, name, tuple(float(v) for v in value))
+            if value is None:
+                continue
+            if (isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 3
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+                raise ValueError(f"{name} must be 3 numbers (R, G, B), got {value!r}")
+            value = tuple(float(v) for v in value)
+            if not all(math.isfinite(v) for v in value) or (name == "std" and min(value) <= 0):
+                raise ValueError(f"{name} must be 3 finite numbers{' > 0' if name == 'std' else ''}, got {value!r}")
+            object.__setattr__(self, name, value)
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form saved in ``config.json``."""
         d = asdict(self)
         d["mean"], d["std"] = (list(self.mean), list(self.std)) if self.mean else (None, None)
         return d

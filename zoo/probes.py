@@ -238,3 +238,16 @@ def _lbfgs_logistic(tx: torch.Tensor, ty: torch.Tensor, vx: torch.Tensor, num_cl
     with torch.no_grad():
         pred = torch.addmm(b, vx, w).argmax(1)
     return pred, int(opt.state[w]["n_iter"])
+
+
+def probe(encoder: nn.Module, dataset: str = "cifar10", *, knn: bool = True, linear: bool = True,
+          train_per_class: int | None = None, data: str | None = None) -> dict[str, Any]:
+    """The model-card protocol (``evaluate``) on CIFAR-10: train bank of all 50,000 images (or the
+    first ``train_per_class`` per class), all 10,000 test images."""
+    from .data import load_cifar10
+
+    if dataset != "cifar10":
+        raise ValueError(f"dataset {dataset!r} is not supported; only 'cifar10'")
+    train, test = load_cifar10("train", data), load_cifar10("test", data)
+    train = train.per_class(train_per_class) if train_per_class else train
+    return evaluate(encoder, train, test, knn=knn, weighted_knn=knn, linear=linear)
