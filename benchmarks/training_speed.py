@@ -87,7 +87,7 @@ def augmentation_rows(images) -> list[dict]:
 def step_rows(images) -> list[dict]:
     batch, steps = 128, 8
     torch.manual_seed(0)
-    model = SimCLR(build_encoder({"architecture": "resnet18_cifar", "kwargs": {"width": 16}}), 512, 128)
+    model = SimCLR(build_encoder({"architecture": "resnet18_cifar", "kwargs": {"width": 16}}), 512, 128, views="joint")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loader = seed_loader(images[: batch * steps], batch)
 

@@ -1,5 +1,5 @@
 """DistributedDataParallel on CPU (gloo, 2 processes): the loss and gradients on the global
-batch equal the single-process ones on the same batch, for all three methods."""
+batch equal the single-process ones on the same batch, for all three methods and both view modes."""
 
 import socket
 import subprocess
@@ -26,10 +26,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _method(name: str) -> torch.nn.Module:
+def _method(name: str, views: str) -> torch.nn.Module:
     torch.manual_seed(0)
     encoder = build_encoder({"architecture": "resnet18_cifar", "kwargs": {"width": 4}})
-    return METHODS[name](encoder, 32, 16)
+    return METHODS[name](encoder, 32, 16, views=views)
 
 
 def _views(n: int = 8) -> torch.Tensor:
@@ -42,10 +42,10 @@ def _local(views: torch.Tensor, rank: int) -> torch.Tensor:
     return torch.cat([v1[rank * n:(rank + 1) * n], v2[rank * n:(rank + 1) * n]])
 
 
-def _worker(rank: int, name: str, port: int, out: str) -> None:
+def _worker(rank: int, name: str, views: str, port: int, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
-    model = DistributedDataParallel(convert_batchnorm(_method(name)))
+    model = DistributedDataParallel(convert_batchnorm(_method(name, views)))
     loss = model(_local(_views(), rank))
     loss.backward()
     mean_loss = loss.detach().clone()
@@ -56,12 +56,16 @@ def _worker(rank: int, name: str, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
-def test_ddp_loss_and_gradients_equal_single_process(name, tmp_path):
+# Each method with its seed views (SimCLR, Barlow Twins: one pass per view; BYOL: joint), plus one joint case.
+CASES = [(name, method.recipe.views) for name, method in METHODS.items()] + [("barlowtwins", "joint")]
+
+
+@pytest.mark.parametrize("name, views", CASES)
+def test_ddp_loss_and_gradients_equal_single_process(name, views, tmp_path):
     out = str(tmp_path / "ddp.safetensors")
-    mp.spawn(_worker, args=(name, _free_port(), out), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(name, views, _free_port(), out), nprocs=WORLD, join=True)
     ddp = load_file(out)
-    single = _method(name)
+    single = _method(name, views)
     loss = single(_views())
     loss.backward()
     torch.testing.assert_close(ddp["loss"], loss.detach(), rtol=1e-5, atol=1e-5)

@@ -29,6 +29,21 @@ def test_cifar_resnet18_equals_the_seed_model():
     assert not any(isinstance(m, nn.MaxPool2d) for m in ours.modules())
 
 
+def test_initialisation_is_the_seeds():
+    """The seed builds torchvision's resnet18 (kaiming_normal fan_out on every conv) and then swaps
+    in a new conv1, which keeps nn.Conv2d's default init: kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in))."""
+    torch.manual_seed(0)
+    model = resnet18_cifar()
+    bound = 1 / (3 * 3 * 3) ** 0.5
+    conv1 = model.conv1.weight
+    assert conv1.abs().max() <= bound
+    assert conv1.std().item() == pytest.approx(bound / 3**0.5, rel=0.1)  # uniform's std, not kaiming_normal's
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d) and m is not model.conv1:
+            fan_out = m.out_channels * m.kernel_size[0] * m.kernel_size[1]
+            assert m.weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.1), name
+
+
 def test_width_reduced_resnet():
     m = build_encoder({"architecture": "resnet18_cifar", "kwargs": {"width": 16}})
     assert m.feature_dim == 128 and m(torch.rand(2, 3, 32, 32)).shape == (2, 128)

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 
-from .config import PRESETS, TrainConfig, add_config_arguments, build_config
+from .config import PRESETS, add_config_arguments, build_config, overrides_from_args
+from .methods import METHODS
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("train", help="train SimCLR, BYOL or Barlow Twins on CIFAR-10",
+    """Add the ``train`` subcommand (methods and flags from ``METHODS`` and ``TrainConfig``)."""
+    titles = ", ".join(m.title for m in METHODS.values())
+    p = subparsers.add_parser("train", help=f"train {titles} on CIFAR-10",
                               description="Train a self-supervised ResNet-18 on CIFAR-10. Presets: seed (the "
                               "notebook; GPU), cpu (~10 min on 2 cores), smoke (< 1 min). Flags override the "
                               "preset and the --config file. Works under torchrun for several processes.")
-    p.add_argument("method", choices=["simclr", "byol", "barlowtwins"])
+    p.add_argument("method", choices=list(METHODS))
     p.add_argument("--preset", choices=sorted(PRESETS), default="seed")
     p.add_argument("--out", required=True, help="run directory (config, metrics, curves, checkpoint, encoder)")
-    p.add_argument("--config", help="JSON file of hyperparameters (keys: TrainConfig fields)")
+    p.add_argument("--config", help="JSON file of hyperparameters (keys: TrainConfig fields, e.g. a run's "
+                   "train_config.json; a \"method\" key must match the method trained)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     add_config_arguments(p)
     p.set_defaults(func=_train)
@@ -25,5 +28,4 @@ def register(subparsers) -> None:
 def _train(args: argparse.Namespace) -> None:
     from .loop import train
 
-    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name != "method"}
-    train(build_config(args.method, args.preset, args.config, overrides), args.out, resume=args.resume)
+    train(build_config(args.method, args.preset, args.config, overrides_from_args(args)), args.out, resume=args.resume)

@@ -1,38 +1,52 @@
-"""Training configuration: the seed's hyperparameters as defaults, presets, file/CLI overrides."""
+"""Training configuration: each method's seed recipe as defaults, presets, file and command-line overrides."""
 
 from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from .methods import METHODS, VIEWS
+from .optim import OPTIMIZERS, SCHEDULES
+
+PRECISIONS = ("auto", "bf16", "fp32")
+PER_CLASS_FIELDS = ("train_per_class", "eval_train_per_class", "eval_test_per_class", "final_train_per_class")
+CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "views": VIEWS, "precision": PRECISIONS}
+_TYPES = {"bool": bool, "int": int, "float": (int, float), "str": str, "dict": dict}  # by annotation
 
 
 @dataclass
 class TrainConfig:
-    """Everything a run depends on; saved as ``config.json`` in the run directory.
+    """Everything a run depends on; saved as ``train_config.json`` in the run directory.
 
-    ``None`` for lr / weight_decay / warmup_epochs means the method's seed default.
-    ``*_per_class`` of ``None`` means the full CIFAR-10 split. ``precision``: ``auto`` is bf16
+    Building one resolves and checks it, once: ``None`` in lr / weight_decay / schedule /
+    warmup_epochs / views, and any option missing from ``method_options``, take the method's seed
+    values (``METHODS[method].recipe`` and ``.options()``). ``*_per_class`` of ``None`` (or
+    ``"all"``) means the full CIFAR-10 split. ``shuffle``/``drop_last``: a fresh data order every
+    epoch and no partial last batch (the notebook: neither). ``precision``: ``auto`` is bf16
     autocast + channels_last on CUDA and fp32 on CPU; ``bf16`` forces it (fast on CPUs with AMX).
     """
 
     method: str = "simclr"
     epochs: int = 50
     batch_size: int = 256
+    optimizer: str = "adamw"
     lr: float | None = None
     weight_decay: float | None = None
+    schedule: str | None = None
     warmup_epochs: int | None = None
+    views: str | None = None
+    method_options: dict[str, Any] = field(default_factory=dict)
     width: int = 64
     proj_hidden: int = 2048
     proj_out: int = 128
-    temperature: float = 0.5
-    ema: float = 0.99
-    alpha: float = 0.005
+    shuffle: bool = True
+    drop_last: bool = True
     train_per_class: int | None = None
-    eval_train_per_class: int = 500
-    eval_test_per_class: int = 100
+    eval_train_per_class: int | None = 500
+    eval_test_per_class: int | None = 100
     final_train_per_class: int | None = None
     seed: int = 0
     device: str = "auto"
@@ -41,46 +55,68 @@ class TrainConfig:
     log_every: int = 20
     data: str | None = None
 
-    def resolved(self) -> TrainConfig:
-        """A copy with the method's seed defaults filled in and values checked."""
-        if self.method not in METHOD_DEFAULTS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {sorted(METHOD_DEFAULTS)}")
-        values = asdict(self)
-        for key, default in METHOD_DEFAULTS[self.method].items():
-            if values[key] is None:
-                values[key] = default
-        cfg = TrainConfig(**values)
-        for name in ("epochs", "batch_size", "width", "proj_hidden", "proj_out", "log_every"):
-            if getattr(cfg, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-        if cfg.batch_size < 2:
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {sorted(METHODS)}")
+        method = METHODS[self.method]
+        for name, seed_value in asdict(method.recipe).items():
+            if getattr(self, name) is None:
+                setattr(self, name, seed_value)
+        seed_options = method.options()
+        if unknown := sorted(set(self.method_options) - set(seed_options)):
+            raise ValueError(f"{unknown} are not options of {self.method} (its options: {seed_options}); "
+                             f"drop {', '.join('--' + k.replace('_', '-') for k in unknown)} or train another method")
+        self.method_options = {k: _option_value(self.method, k, self.method_options.get(k, v), v)
+                               for k, v in seed_options.items()}
+        for name in PER_CLASS_FIELDS:
+            if getattr(self, name) == "all":
+                setattr(self, name, None)
+        self._check()
+
+    def _check(self) -> None:
+        for f in fields(self):
+            value, annotation = getattr(self, f.name), str(f.type)
+            expected = _TYPES[annotation.split("[")[0].split(" ")[0]]
+            if value is None and "None" in annotation:
+                continue
+            if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
+                raise ValueError(f"{f.name} must be of type {annotation}, got {value!r}")
+        for name, choices in CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        for name in ("epochs", "width", "proj_hidden", "proj_out", "log_every", *PER_CLASS_FIELDS):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1{' or all' if name in PER_CLASS_FIELDS else ''}, got {value}")
+        if self.batch_size < 2:
             raise ValueError("batch_size must be at least 2 (contrastive and batch-statistics losses)")
-        if cfg.precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"precision must be auto, bf16 or fp32, got {cfg.precision!r}")
-        if not 0 <= cfg.warmup_epochs <= cfg.epochs:
-            raise ValueError(f"warmup_epochs must be in 0..epochs ({cfg.epochs}), got {cfg.warmup_epochs}")
-        return cfg
+        if not self.lr > 0 or self.weight_decay < 0:
+            raise ValueError(f"lr must be > 0 and weight_decay >= 0, got {self.lr} and {self.weight_decay}")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise ValueError(f"warmup_epochs must be in 0..epochs ({self.epochs}), got {self.warmup_epochs}")
 
 
-# The seed notebook's per-method hyperparameters (AdamW in all three).
-METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "simclr": {"lr": 0.6, "weight_decay": 0.01, "warmup_epochs": 10},
-    "byol": {"lr": 0.5, "weight_decay": 1e-6, "warmup_epochs": 0},
-    "barlowtwins": {"lr": 0.5, "weight_decay": 1e-6, "warmup_epochs": 0},
-}
+def _option_value(method: str, name: str, value: Any, seed_value: Any) -> Any:
+    """``value`` as the type of the option's seed value (an int is fine for a float option)."""
+    if not (type(value) is type(seed_value) or (type(seed_value) is float and type(value) is int)):
+        raise ValueError(f"{method} option {name} must be a {type(seed_value).__name__} like its seed value "
+                         f"{seed_value!r}, got {value!r}")
+    return type(seed_value)(value)
 
+
+# Method-agnostic scalings of the seed recipe; what a preset leaves out is the method's own (METHODS).
 PRESETS: dict[str, dict[str, Any]] = {
-    # The notebook: full CIFAR-10, ResNet-18, 50 epochs, batch 256. Needs a GPU.
+    # The notebook: full CIFAR-10, ResNet-18, 50 epochs, batch 256, each method's recipe. Needs a GPU.
     "seed": {},
     # Proves learning on 2 CPU cores in about 10 minutes per method (benchmarks/presets.py).
     "cpu": {"width": 16, "train_per_class": 500, "epochs": 15, "batch_size": 128, "proj_hidden": 512,
-            "lr": 2e-3, "weight_decay": 1e-6, "warmup_epochs": 1, "eval_train_per_class": 200,
-            "eval_test_per_class": 50, "final_train_per_class": 1000, "log_every": 10},
+            "lr": 2e-3, "weight_decay": 1e-6, "schedule": "step-warmup-cosine", "warmup_epochs": 1,
+            "eval_train_per_class": 200, "eval_test_per_class": 50, "final_train_per_class": 1000, "log_every": 10},
     # Under a minute on 2 CPU cores: a complete run directory for tests and quick checks.
     "smoke": {"width": 8, "train_per_class": 40, "epochs": 2, "batch_size": 64, "proj_hidden": 128,
-              "proj_out": 32, "lr": 2e-3, "weight_decay": 1e-6, "warmup_epochs": 0,
-              "eval_train_per_class": 20, "eval_test_per_class": 10, "final_train_per_class": 50,
-              "log_every": 2},
+              "proj_out": 32, "lr": 2e-3, "weight_decay": 1e-6, "schedule": "step-warmup-cosine",
+              "warmup_epochs": 0, "eval_train_per_class": 20, "eval_test_per_class": 10,
+              "final_train_per_class": 50, "log_every": 2},
 }
 
 
@@ -92,35 +128,82 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
-def _field_type(f) -> Any:
-    kind = str(f.type)
-    if "bool" in kind:
-        return _parse_bool
-    for name, cast in (("int", int), ("float", float)):
-        if kind.startswith(name):
-            return cast
+def _parse_per_class(text: str) -> int | str:
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of images per class or 'all', got {text!r}") from None
+
+
+def _parser_for(name: str, annotation: str) -> Any:
+    if name in PER_CLASS_FIELDS:
+        return _parse_per_class
+    for type_name, parse in (("bool", _parse_bool), ("int", int), ("float", float)):
+        if annotation.startswith(type_name):
+            return parse
     return str
 
 
+def _method_options() -> dict[str, dict[str, Any]]:
+    """Every method option name -> {method: seed value}, over all of ``METHODS``."""
+    options: dict[str, dict[str, Any]] = {}
+    for name, method in METHODS.items():
+        for option, seed_value in method.options().items():
+            options.setdefault(option, {})[name] = seed_value
+    return options
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One ``--flag`` per TrainConfig field (except ``method``), defaulting to 'not given'."""
+    """One ``--flag`` per TrainConfig field and per method option, defaulting to 'not given'."""
     group = parser.add_argument_group("hyperparameters (override preset and config file)")
     for f in fields(TrainConfig):
-        if f.name != "method":
-            group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=_field_type(f),
-                               default=None, metavar=f.name.upper())
+        if f.name not in ("method", "method_options"):
+            metavar = None if f.name in CHOICES else "N|all" if f.name in PER_CLASS_FIELDS else f.name.upper()
+            group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=_parser_for(f.name, str(f.type)),
+                               choices=CHOICES.get(f.name), default=None, metavar=metavar)
+    options = parser.add_argument_group("method options (each applies to the methods named; default: the seed's)")
+    for option, seeds in _method_options().items():
+        seed_type = type(next(iter(seeds.values())))
+        options.add_argument(f"--{option.replace('_', '-')}", dest=f"option_{option}",
+                             type=_parse_bool if seed_type is bool else seed_type, default=None,
+                             metavar=option.upper(), help=", ".join(f"{m}: {v}" for m, v in seeds.items()))
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags given on the command line, method options under ``method_options``."""
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+                 if f.name not in ("method", "method_options")}
+    overrides["method_options"] = {option: getattr(args, f"option_{option}") for option in _method_options()
+                                   if getattr(args, f"option_{option}") is not None}
+    return overrides
+
+
+def _read_config_file(path: str, method: str) -> dict[str, Any]:
+    loaded = json.loads(Path(path).read_text())
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: expected a JSON object of TrainConfig fields, got {type(loaded).__name__}")
+    known = {f.name for f in fields(TrainConfig)}
+    if unknown := set(loaded) - known:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    if loaded.get("method", method) != method:
+        raise ValueError(f"{path} is a {loaded['method']!r} configuration but the command trains {method!r}: "
+                         f"run `ssl-zoo train {loaded['method']} ...` or remove the file's \"method\" key")
+    if not isinstance(loaded.get("method_options", {}), dict):
+        raise ValueError(f"{path}: method_options must be a JSON object, got {loaded['method_options']!r}")
+    return loaded
 
 
 def build_config(method: str, preset: str, config_file: str | None, overrides: dict[str, Any]) -> TrainConfig:
-    """Preset, then the JSON config file, then command-line flags; then the method defaults."""
+    """Preset, then the JSON config file, then command-line flags (``None``: not given); the
+    method's seed recipe fills what is left unset. ``method_options`` merge key by key."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    values: dict[str, Any] = {"method": method, **PRESETS[preset]}
-    if config_file:
-        loaded = json.loads(Path(config_file).read_text())
-        known = {f.name for f in fields(TrainConfig)}
-        if unknown := set(loaded) - known:
-            raise ValueError(f"{config_file}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
-        values.update(loaded)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return TrainConfig(**values).resolved()
+    values: dict[str, Any] = {**PRESETS[preset], "method": method}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    options: dict[str, Any] = {}
+    for layer in ([_read_config_file(config_file, method)] if config_file else []) + [given]:
+        options.update(layer.pop("method_options", None) or {})
+        values.update(layer)
+    return TrainConfig(**values, method_options=options)

@@ -14,18 +14,18 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 import zoo
-from zoo import Encoder, EncoderConfig, build_encoder, load_cifar10
+from zoo import Encoder, EncoderConfig, ImageArrays, build_encoder, load_cifar10
+from zoo.io import atomic_write, write_json
 from zoo.probes import evaluate
-from zoo.io import atomic_write
 
 from .augment import BatchAugment
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .distributed import all_reduce_sum, convert_batchnorm, init_distributed
-from .methods import METHODS
+from .methods import METHODS, SSLMethod
+from .optim import build_optimizer, lr_at
 
 CHECKPOINT = "checkpoint.safetensors"
-METHOD_PARAM = {"simclr": "temperature", "byol": "ema", "barlowtwins": "alpha"}
 EXPLODE_FACTOR = 100.0  # a logged loss this many times the first one counts as exploded
 
 
@@ -33,24 +33,40 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf or exploded; the last good checkpoint is kept."""
 
 
-def lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to zero at ``total``."""
-    if step < warmup:
-        return base_lr * (step + 1) / warmup
-    return base_lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
-def build_method(cfg: TrainConfig) -> tuple[torch.nn.Module, EncoderConfig]:
+def build_method(cfg: TrainConfig) -> tuple[SSLMethod, EncoderConfig]:
+    """The method of ``cfg`` (heads and all) on a fresh CIFAR ResNet-18, and the encoder's config."""
     encoder_config = EncoderConfig("resnet18_cifar", {"width": cfg.width})
-    encoder = build_encoder(encoder_config)
-    param = METHOD_PARAM[cfg.method]
-    method = METHODS[cfg.method](encoder, cfg.proj_hidden, cfg.proj_out, **{param: getattr(cfg, param)})
-    return method, encoder_config
+    return METHODS[cfg.method].from_config(build_encoder(encoder_config), cfg), encoder_config
+
+
+def epoch_batches(num_images: int, cfg: TrainConfig, epoch: int, rank: int = 0, world_size: int = 1,
+                  device: torch.device | None = None) -> list[torch.Tensor]:
+    """This rank's image indices (on ``device``) for each step of ``epoch``: a permutation seeded by
+    (seed, epoch) when ``cfg.shuffle`` (so a resumed run replays it), else dataset order; the partial
+    last batch is dropped when ``cfg.drop_last``. Each global batch is split into equal contiguous
+    parts, one per rank. One copy to the device per epoch: no host-device sync inside the epoch."""
+    order = (torch.randperm(num_images, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+             if cfg.shuffle else torch.arange(num_images)).to(device)
+    batches = list(order.split(cfg.batch_size))
+    if cfg.drop_last and len(batches[-1]) < cfg.batch_size:
+        batches.pop()
+    return [b.view(world_size, -1)[rank] for b in batches]
+
+
+def _check_batching(num_images: int, cfg: TrainConfig, world_size: int) -> None:
+    partial = 0 if cfg.drop_last else num_images % cfg.batch_size
+    if cfg.batch_size % world_size or num_images < cfg.batch_size:
+        raise ValueError(f"batch_size {cfg.batch_size} must divide by the {world_size} processes and not "
+                         f"exceed the {num_images} training images")
+    if partial and (partial < 2 or partial % world_size):
+        raise ValueError(f"the last batch would hold {partial} images; with --drop-last false it must hold at least 2 "
+                         f"and divide by the {world_size} processes: pass --drop-last true or another --batch-size")
 
 
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict[str, Any]:
-    """Train ``cfg.method``; write the run directory ``out``; return the final results."""
-    cfg, out = cfg.resolved(), Path(out)
+    """Train ``cfg.method`` (resolved when it was built); write the run directory ``out``; return the final results."""
+    cpu_start, wall_start = time.process_time(), time.perf_counter()
+    out = Path(out)
     env = init_distributed(cfg.device)
     ckpt_path = out / CHECKPOINT
     if ckpt_path.exists() and not resume:
@@ -61,9 +77,9 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict[str, 
     dev = env.device
     train_set = load_cifar10("train", cfg.data)
     test_set = load_cifar10("test", cfg.data)
-    data = train_set.per_class(cfg.train_per_class) if cfg.train_per_class else train_set
-    images = torch.from_numpy(data.images).to(dev)  # uint8 (N, 32, 32, 3), decoded once
-    eval_bank, eval_test = train_set.per_class(cfg.eval_train_per_class), test_set.per_class(cfg.eval_test_per_class)
+    images = torch.from_numpy(_subset(train_set, cfg.train_per_class).images).to(dev)  # uint8 (N, 32, 32, 3)
+    eval_bank, eval_test = _subset(train_set, cfg.eval_train_per_class), _subset(test_set, cfg.eval_test_per_class)
+    _check_batching(len(images), cfg, env.world_size)
 
     method, encoder_config = build_method(cfg)
     if env.world_size > 1:
@@ -73,14 +89,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict[str, 
     method.to(dev, memory_format=memory_format)
     model = DistributedDataParallel(method) if env.world_size > 1 else method
     step_fn = torch.compile(model) if cfg.compile else model
-    optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=cfg.lr,
-                                  weight_decay=cfg.weight_decay)
-    local_batch = cfg.batch_size // env.world_size
-    steps = len(images) // cfg.batch_size
-    if steps == 0 or local_batch * env.world_size != cfg.batch_size:
-        raise ValueError(f"batch_size {cfg.batch_size} must divide by the {env.world_size} processes and not "
-                         f"exceed the {len(images)} training images")
-    total, warmup = cfg.epochs * steps, cfg.warmup_epochs * steps
+    optimizer = build_optimizer(method, cfg)
 
     history: list[dict[str, Any]] = []
     if resume:
@@ -89,27 +98,29 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict[str, 
             raise ValueError(f"--resume: the configuration differs from the run in {out}; "
                              f"saved: {progress['config']}")
         history = progress["history"]
+    # Time already spent by the run before a resume (rank 0 keeps the totals in its history).
+    cpu_start -= history[-1].get("cpu_seconds", 0.0) if history else 0.0
+    wall_start -= history[-1].get("wall_seconds", 0.0) if history else 0.0
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        _write_json(out / "train_config.json", asdict(cfg))
+        write_json(out / "train_config.json", asdict(cfg))
         _write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
     augment, autocast = BatchAugment(), torch.autocast(dev.type, torch.bfloat16, enabled=bf16)
     first_loss = history[0]["loss"] if history else None
 
     for epoch in range(len(history), cfg.epochs):
         # Data order and augmentation are seeded per epoch: a resumed run replays them exactly.
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
-        order = order[: steps * cfg.batch_size].view(steps, cfg.batch_size)
-        order = order[:, env.rank * local_batch:(env.rank + 1) * local_batch].to(dev)
+        batches = epoch_batches(len(images), cfg, epoch, env.rank, env.world_size, dev)
+        steps = len(batches)
         aug_gen = torch.Generator(dev).manual_seed((cfg.seed * 1000 + epoch) * 64 + env.rank)
         method.train()
         loss_sum, start = torch.zeros((), device=dev), time.perf_counter()
-        bar = tqdm(range(steps), desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}", disable=not env.is_main,
+        bar = tqdm(batches, desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}", disable=not env.is_main,
                    leave=False)
-        for step in bar:
-            x = images[order[step]]
+        for step, index in enumerate(bar):
+            x = images[index]
             views = augment(torch.cat([x, x]), aug_gen).contiguous(memory_format=memory_format)
-            lr = lr_at(epoch * steps + step, total, warmup, cfg.lr)
+            lr = lr_at(cfg, epoch, step, steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with autocast:
@@ -129,32 +140,40 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict[str, 
         _check_loss(epoch_loss, first_loss, epoch, steps, out)
         seconds = time.perf_counter() - start
         if env.is_main:
-            knn = evaluate(method.encoder, eval_bank, eval_test, weighted_knn=False, linear=False, device=dev)["knn5"]
+            monitor = evaluate(method.encoder, eval_bank, eval_test, linear=False, device=dev)  # model-card k-NN protocol
+            knn = monitor["knn5"]
             record = {"epoch": epoch + 1, "loss": epoch_loss, "lr": lr, "knn_accuracy": knn,
-                      "images_per_s": steps * cfg.batch_size / seconds, "seconds": seconds}
+                      "weighted_knn_accuracy": monitor["knn200"],
+                      "images_per_s": sum(len(b) for b in batches) * env.world_size / seconds, "seconds": seconds,
+                      "cpu_seconds": time.process_time() - cpu_start, "wall_seconds": time.perf_counter() - wall_start}
             history.append(record)
             save_checkpoint(ckpt_path, method, optimizer, {"config": asdict(cfg), "history": history})
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
-            _plot_curves(history, out / "curves.png", cfg.method)
-            print(f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}: loss {epoch_loss:.4f}, k-NN {100 * knn:.2f} %, "
+            _plot_curves(history, out / "curves.png", method.title)
+            print(f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}: loss {epoch_loss:.4f}, k-NN {100 * knn:.2f} % "
+                  f"(weighted k=200: {100 * monitor['knn200']:.2f} %), "
                   f"{record['images_per_s']:.0f} img/s", flush=True)
         else:
             history.append({})
     return _finish(cfg, method, encoder_config, train_set, test_set, history, out, env)
 
 
+def _subset(data: ImageArrays, per_class: int | None) -> ImageArrays:
+    return data.per_class(per_class) if per_class else data
+
+
 def _finish(cfg, method, encoder_config, train_set, test_set, history, out: Path, env) -> dict[str, Any]:
     if not env.is_main:
         return {}
-    bank = train_set.per_class(cfg.final_train_per_class) if cfg.final_train_per_class else train_set
+    bank = _subset(train_set, cfg.final_train_per_class)
     results = evaluate(method.encoder, bank, test_set, device=env.device)
     results.update({"train_images": len(bank), "test_images": len(test_set), "epochs": cfg.epochs,
                     "environment": {"torch": torch.__version__, "device": str(env.device), "seed": cfg.seed,
                                     "processes": env.world_size}})
-    _write_json(out / "results.json", results)
-    info = {"method": cfg.method, "dataset": "cifar10", "epochs": cfg.epochs, "results": results,
-            "training": asdict(cfg), "ssl_zoo_version": zoo.__version__}
+    write_json(out / "results.json", results)
+    info = {"method": cfg.method, "method_title": method.title, "dataset": "cifar10", "epochs": cfg.epochs,
+            "results": results, "training": asdict(cfg), "ssl_zoo_version": zoo.__version__}
     Encoder(encoder_config, method.encoder.to(memory_format=torch.contiguous_format)).save_pretrained(out, info=info)
     print(f"{cfg.method}: k-NN (k=5) {100 * results['knn5']:.2f} %, weighted k-NN (k=200) "
           f"{100 * results['knn200']:.2f} %, linear {100 * results['linear']:.2f} % -> {out}", flush=True)
@@ -166,10 +185,6 @@ def _check_loss(value: float, first: float, epoch: int, step: int, out: Path) ->
         raise TrainingDiverged(
             f"loss {value} at epoch {epoch + 1}, step {step} (first logged loss {first:.4g}): training diverged. "
             f"The last good checkpoint (if any) is kept in {out / CHECKPOINT}; lower --lr or raise --warmup-epochs.")
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    _write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -41,8 +41,10 @@ class CifarResNet(nn.Module):
             in_planes = planes
         self.num_stages = len(layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        for m in self.modules():  # torchvision's ResNet initialisation
-            if isinstance(m, nn.Conv2d):
+        # torchvision's ResNet initialisation, except conv1: the seed swaps in a new nn.Conv2d after
+        # building resnet18, so its conv1 keeps PyTorch's default init (kaiming_uniform, a=sqrt(5)).
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d) and m is not self.conv1:
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

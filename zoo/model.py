@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
+from . import __version__
 from .encoders import EncoderConfig, build_encoder
 from .io import write_bytes, write_json
 from .transforms import Preprocess, images_to_array
@@ -79,7 +79,7 @@ class Encoder(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.backbone.state_dict().items()}
         info = self.info if info is None else info
-        metadata = {"format": "pt", "architecture": self.config.architecture, "ssl_zoo_version": version("ssl-zoo"),
+        metadata = {"format": "pt", "architecture": self.config.architecture, "ssl_zoo_version": __version__,
                     **{k: str(info[k]) for k in ("method", "dataset", "epochs") if k in info}}
         write_bytes(directory / WEIGHTS_NAME, save(tensors, metadata=metadata))
         write_json(directory / CONFIG_NAME, {"encoder": self.config.to_dict(), **info})

@@ -1,0 +1,113 @@
+"""Time-to-accuracy study of CPU training recipes (issue #11): which width, optimiser, learning rate,
+batch size and compilation reach the best k-NN per CPU minute on this 2-core machine.
+
+Each configuration is one ``ssl-zoo train`` run (full CIFAR-10 train split, bf16 autocast) in its own
+directory under ``--runs`` (outside the work tree); a finished run is skipped and an interrupted one
+resumed, so the study survives restarts. The monitor after every epoch is the model-card k-NN protocol
+on a fixed evaluation subset (``eval_*_per_class``). Results: ``benchmarks/results/cpu_study.{json,md}``,
+``cpu_study-curves.json`` and ``cpu_study.png`` (monitor k-NN vs 2-core CPU minutes, one line per configuration).
+
+    nice -n 5 python benchmarks/cpu_study.py [--only simclr-] [--runs ~/ssl-zoo-runs/study]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from report import RESULTS, write_report
+
+COMMON = {"train_per_class": "all", "precision": "bf16", "proj_hidden": 1024, "eval_train_per_class": 500,
+          "eval_test_per_class": 200, "final_train_per_class": 1000, "log_every": 50}
+
+# (name, method, overrides). Budget per study run: about 10-15 CPU minutes on 2 cores.
+CONFIGS: list[tuple[str, str, dict]] = [
+    ("simclr-adamw-w16", "simclr", {"width": 16, "epochs": 8, "batch_size": 256, "optimizer": "adamw", "lr": 2e-3,
+                                    "weight_decay": 1e-6, "schedule": "step-warmup-cosine", "warmup_epochs": 1}),
+    ("simclr-sgd-w16", "simclr", {"width": 16, "epochs": 8, "batch_size": 256, "optimizer": "sgd", "lr": 0.12,
+                                  "weight_decay": 5e-4, "schedule": "step-warmup-cosine", "warmup_epochs": 1}),
+    ("simclr-lars-w16", "simclr", {"width": 16, "epochs": 8, "batch_size": 256, "optimizer": "lars", "lr": 0.4,
+                                   "weight_decay": 1e-5, "schedule": "step-warmup-cosine", "warmup_epochs": 1}),
+]
+
+
+def run_config(name: str, method: str, overrides: dict, runs: Path) -> Path:
+    """Train (or resume, or skip) one configuration; return its run directory."""
+    out = runs / name
+    if (out / "results.json").is_file():
+        return out
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in {**COMMON, **overrides}.items()]
+    resume = ["--resume"] if (out / "checkpoint.safetensors").is_file() else []
+    cmd = ["ssl-zoo", "train", method, "--preset", "cpu", "--out", str(out), *flags, *resume]
+    print(" ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    return out
+
+
+def summarise(runs: Path, names: list[str]) -> list[dict]:
+    """Per configuration: the monitor curve against CPU minutes, and the final probes."""
+    rows = []
+    for name in names:
+        out = runs / name
+        if not (out / "metrics.jsonl").is_file():
+            continue
+        curve = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        final = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
+        config = json.loads((out / "train_config.json").read_text())
+        rows.append({"name": name, "config": config, "curve": curve, "final": final})
+    return rows
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Monitor k-NN against 2-core CPU minutes, one line per configuration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row in rows:
+        x = [r["cpu_seconds"] / 2 / 60 for r in row["curve"]]
+        ax.plot(x, [100 * r["weighted_knn_accuracy"] for r in row["curve"]], marker="o", label=row["name"])
+    ax.set(xlabel="CPU minutes on 2 cores (process CPU time / 2)",
+           ylabel="weighted k-NN (k=200, T=0.1, normalised), monitor subset (%)",
+           title="CPU recipe study: accuracy vs compute")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, default=Path.home() / "ssl-zoo-runs" / "study")
+    parser.add_argument("--only", default="", help="run only configurations whose name starts with this")
+    parser.add_argument("--report-only", action="store_true", help="summarise finished runs, train nothing")
+    args = parser.parse_args()
+    names = [name for name, _, _ in CONFIGS if name.startswith(args.only)]
+    if not args.report_only:
+        for name, method, overrides in CONFIGS:
+            if name in names:
+                run_config(name, method, overrides, args.runs)
+    rows = summarise(args.runs, [name for name, _, _ in CONFIGS])
+    if not rows:
+        return print("no finished study runs yet")
+    table = []
+    for row in rows:
+        last, final = row["curve"][-1], row["final"]
+        table.append({"configuration": row["name"], "epochs": last["epoch"],
+                      "2-core CPU min": round(last["cpu_seconds"] / 120, 1),
+                      "monitor weighted k-NN %": round(100 * last["weighted_knn_accuracy"], 2),
+                      **{label: round(100 * final[key], 2) if key in final else "-" for key, label in
+                         (("knn5", "k-NN k=5 %"), ("knn200", "weighted k-NN k=200 %"), ("linear", "linear %"))}})
+    plot(rows, RESULTS / "cpu_study.png")
+    (RESULTS / "cpu_study-curves.json").write_text(json.dumps(rows, indent=1) + "\n")
+    print(write_report("cpu_study", "CPU recipe study: time to accuracy on 2 cores", table,
+                       "Command: `nice -n 5 python benchmarks/cpu_study.py`. CPU minutes are process CPU time / 2."))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
