@@ -28,16 +28,19 @@ def model_dir(width: int) -> Path:
 
 
 def jpegs(n: int) -> list[bytes]:
+    """``n`` real CIFAR-10 test JPEGs, spread over the classes."""
     files = sorted(CIFAR_TEST.glob("*/*.jpg"))[:: max(1, 10_000 // n)][:n]
     return [f.read_bytes() for f in files]
 
 
-def start_server(path: Path, *args: str) -> tuple[subprocess.Popen, str]:
+def start_server(path: Path, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """``ssl-zoo serve`` on a free loopback port, in its own process group; returns once /health answers 200."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(["ssl-zoo", "serve", str(path), "--port", str(port), *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:
@@ -51,11 +54,12 @@ def start_server(path: Path, *args: str) -> tuple[subprocess.Popen, str]:
 
 
 def stop_server(proc: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group (as systemd stops a service), then wait for it."""
     os.killpg(proc.pid, 15)
     proc.wait(timeout=60)
 
 
-def _process_tree(pid: int) -> list[int]:
+def process_tree(pid: int) -> list[int]:
     """A process and all its descendants (Linux /proc)."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -75,7 +79,7 @@ def _process_tree(pid: int) -> list[int]:
 def process_tree_rss_mb(pid: int) -> float:
     """Resident memory of a process and all its descendants."""
     total = 0
-    for p in _process_tree(pid):
+    for p in process_tree(pid):
         try:
             total += next(int(line.split()[1]) for line in Path(f"/proc/{p}/status").read_text().splitlines()
                           if line.startswith("VmRSS:"))
@@ -87,7 +91,7 @@ def process_tree_rss_mb(pid: int) -> float:
 def process_tree_cpu_s(pid: int) -> float:
     """CPU seconds (user + system) used so far by a process and all its live descendants."""
     total = 0
-    for p in _process_tree(pid):
+    for p in process_tree(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:

@@ -57,7 +57,7 @@ def direct_call(path, images, batch: int) -> tuple[float, float]:
 
     def run():
         for i in range(0, n, batch):
-            arrays = np.stack([decode_image(b, 32, 1 << 24) for b in images[i:i + batch]])
+            arrays = np.stack([decode_image(b, 32) for b in images[i:i + batch]])
             with torch.inference_mode():
                 enc(enc.preprocess(arrays))
 
@@ -71,7 +71,7 @@ def onnx_rows(path, images, rounds: int = 5) -> list[dict]:
     """torch eager vs onnxruntime images/s at batch 1 and 64, alternating within each round; medians."""
     enc = zoo.load(str(path))
     session = onnx_session(export_onnx(enc, path / "encoder.onnx"))
-    x_all = enc.preprocess(np.stack([decode_image(b, 32, 1 << 24) for b in images]))
+    x_all = enc.preprocess(np.stack([decode_image(b, 32) for b in images]))
     backends = {"torch eager (inference_mode)": lambda x: enc(x),
                 "onnxruntime": lambda x: session.run(None, {"images": x.numpy()})}
     rows = []

@@ -4,6 +4,12 @@ LitServe's own loop always waits ``batch_timeout`` for a batch to fill, so a tim
 gather a burst of 16 requests adds that wait to every lone request. This loop takes a request, then
 keeps taking more while the next one arrives within ``gap`` seconds, until the batch is full or
 ``batch_timeout`` has passed since the first: a lone request waits ``gap``, a burst fills the batch.
+At ``max_batch_size`` 1 each request is a batch of its own, started without waiting.
+
+Requests that waited in the queue longer than the request timeout are dropped unanswered: the HTTP
+process, whose deadline started earlier, has already answered them 504. (LitServe's loop answers them
+again and logs an error naming a LitServe argument; it also sends a per-request "started" note that
+only its worker monitor reads.)
 """
 
 from __future__ import annotations
@@ -12,10 +18,9 @@ import time
 from queue import Empty, Queue
 
 from litserve import LitAPI
-from litserve.loops.base import _SENTINEL_VALUE, _StopLoopError
-from litserve.loops.simple_loops import BatchedLoop
-from litserve.transport.base import MessageTransport
-from litserve.utils import LitAPIStatus, LoopResponseType
+from litserve.loops import BatchedLoop
+
+from .litserve_compat import SENTINEL, MessageTransport, StopLoop
 
 
 class GapBatchingLoop(BatchedLoop):
@@ -29,8 +34,8 @@ class GapBatchingLoop(BatchedLoop):
 
     def get_batch_requests(self, lit_api: LitAPI, request_queue: Queue,
                            transport: MessageTransport) -> tuple[list, list]:
+        """The next batch (requests in arrival order) and, always empty here, LitServe's timed-out list."""
         payloads: list = []
-        timed_out: list = []
         deadline = None
         while len(payloads) < lit_api.max_batch_size:
             if deadline is None:
@@ -45,14 +50,11 @@ class GapBatchingLoop(BatchedLoop):
                 if deadline is None:
                     return [], []
                 break
-            if item == _SENTINEL_VALUE:
-                raise _StopLoopError()
+            if item == SENTINEL:
+                raise StopLoop()
             response_queue_id, uid, timestamp, payload = item
             if deadline is None:
                 deadline = time.monotonic() + lit_api.batch_timeout
-            self.put_response(transport, response_queue_id, uid, (), LitAPIStatus.START, LoopResponseType.REGULAR)
-            if lit_api.request_timeout not in (-1, False) and time.monotonic() - timestamp > lit_api.request_timeout:
-                timed_out.append((response_queue_id, uid))
-            else:
+            if lit_api.request_timeout in (-1, False) or time.monotonic() - timestamp <= lit_api.request_timeout:
                 payloads.append((response_queue_id, uid, payload))
-        return payloads, timed_out
+        return payloads, []

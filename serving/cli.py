@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
+import socket
+import sys
+import threading
+import urllib.error
+import urllib.request
+
+HOSTS = ("127.0.0.1", "0.0.0.0", "::")
 
 
 def register_serve(subparsers) -> None:
+    """Add ``ssl-zoo serve``."""
     p = subparsers.add_parser("serve", help="serve a zoo encoder over HTTP (LitServe)")
-    p.add_argument("model", help="registry name, Hub id (owner/name[@revision]) or local directory")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("model", help="registry name, hf-hub:owner/name[@revision], or a local path (./dir, /abs/dir)")
+    p.add_argument("--host", default="127.0.0.1", choices=HOSTS, help="127.0.0.1 (this machine), or all interfaces")
+    p.add_argument("--port", type=_port, default=8000)
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    p.add_argument("--onnx-file", help="with --backend onnx: serve this `ssl-zoo export-onnx` file (its metadata "
+                   "must match the model) instead of exporting once into the cache")
     p.add_argument("--max-batch-size", type=int, default=16, help="requests merged into one model call")
     p.add_argument("--batch-timeout", type=float, default=0.05,
                    help="longest wait, in seconds from its first request, to fill a batch")
@@ -20,38 +29,154 @@ def register_serve(subparsers) -> None:
                    help="start the batch once no request has come for this many seconds")
     p.add_argument("--workers", type=int, default=1, help="inference workers per device")
     p.add_argument("--max-images", type=int, default=64, help="images per request")
-    p.add_argument("--max-pixels", type=int, default=4096 * 4096, help="pixels per image (decompression-bomb guard)")
+    p.add_argument("--max-pixels", type=int, default=4096 * 4096,
+                   help="pixels per image once decoded (large JPEGs decode at a reduced scale)")
+    p.add_argument("--max-file-pixels", type=int, default=128 * 1024 * 1024,
+                   help="pixels an image file may declare (decompression-bomb guard)")
+    p.add_argument("--max-aspect-ratio", type=float, default=32.0, help="longest side / shortest side")
     p.add_argument("--max-body-mb", type=float, default=32, help="request body size limit")
+    p.add_argument("--max-inflight-mb", type=float, default=256,
+                   help="request bodies one HTTP process holds at once (429 beyond)")
+    p.add_argument("--body-timeout", type=float, default=20.0, help="seconds to receive a request's body")
+    p.add_argument("--request-timeout", type=float, default=30.0,
+                   help="seconds from a request's start to its answer (504 after)")
+    p.add_argument("--max-header-kb", type=float, default=64, help="request line and headers size limit")
+    p.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds a connection has to send a request's headers")
+    p.add_argument("--keep-alive", type=float, default=5.0, help="seconds an idle keep-alive connection stays open")
+    p.add_argument("--max-connections", type=int, default=256,
+                   help="concurrent connections and requests (503 beyond)")
     p.add_argument("--access-log", action="store_true", help="log every request (uvicorn access log)")
     p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--api-key", help="require this key in the X-API-Key header (default: $LIT_SERVER_API_KEY; "
-                   "set one for non-loopback deployments)")
+    p.add_argument("--api-key-file", help="require the key in this file (first line) as 'Authorization: Bearer KEY' "
+                   "or 'X-API-Key: KEY' on every route but /health; or set $SSL_ZOO_API_KEY")
+    p.add_argument("--api-key", help="the same, given on the command line (visible in `ps`: prefer "
+                   "--api-key-file or $SSL_ZOO_API_KEY)")
     p.set_defaults(func=_serve)
 
 
+def _port(text: str) -> int:
+    port = int(text)
+    if not 1024 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be from 1024 to 65535, got {port}")
+    return port
+
+
 def _serve(args: argparse.Namespace) -> None:
-    if args.api_key:  # litserve reads it when imported
-        os.environ["LIT_SERVER_API_KEY"] = args.api_key
-    from .api import Limits, build_server
+    from .auth import read_api_key
 
-    def stop(*_):  # SIGTERM shuts down like Ctrl-C: LitServe then stops its worker processes
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
-
-    limits = Limits(args.max_images, args.max_pixels, int(args.max_body_mb * 1024 * 1024))
-    server = build_server(args.model, backend=args.backend, max_batch_size=args.max_batch_size,
-                          batch_timeout=args.batch_timeout, batch_gap=args.batch_gap, workers=args.workers,
-                          limits=limits, accelerator=args.accelerator)
     try:
-        server.run(host=args.host, port=args.port, generate_client_file=False, access_log=args.access_log)
-    except KeyboardInterrupt:
-        pass
+        api_key = read_api_key(args.api_key, args.api_key_file)
+    except ValueError as e:
+        sys.exit(f"ssl-zoo serve: {e}")
+    if args.api_key is not None and args.api_key_file is None:
+        print("ssl-zoo serve: warning: --api-key is visible to every user in `ps`; use --api-key-file or "
+              "$SSL_ZOO_API_KEY", file=sys.stderr)
+    _check_port_free(args.host, args.port)
+    try:
+        server, limits = _build(args, api_key)
+        _run(server, limits, args, api_key is not None)
+    except KeyboardInterrupt:  # Ctrl-C while the model was being fetched or exported
+        sys.exit("ssl-zoo serve: interrupted")
+
+
+def _build(args: argparse.Namespace, api_key: str | None) -> tuple:
+    from zoo import HashMismatchError
+
+    from .api import build_server
+    from .config import Limits
+    from .decode import ImageLimits
+
+    limits = Limits(max_images=args.max_images,
+                    image=ImageLimits(args.max_pixels, args.max_file_pixels, args.max_aspect_ratio),
+                    max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+                    max_inflight_bytes=int(args.max_inflight_mb * 1024 * 1024), body_timeout=args.body_timeout,
+                    request_timeout=args.request_timeout, max_header_bytes=int(args.max_header_kb * 1024),
+                    header_timeout=args.header_timeout, keep_alive=args.keep_alive,
+                    max_connections=args.max_connections)
+    try:
+        server = build_server(args.model, backend=args.backend, max_batch_size=args.max_batch_size,
+                              batch_timeout=args.batch_timeout, batch_gap=args.batch_gap, workers=args.workers,
+                              limits=limits, accelerator=args.accelerator, api_key=api_key, onnx_file=args.onnx_file)
+    except (ValueError, LookupError, OSError, HashMismatchError) as e:  # a bad model source, file or option
+        sys.exit(f"ssl-zoo serve: {e}")
+    return server, limits
+
+
+def _run(server, limits, args: argparse.Namespace, keyed: bool) -> None:
+    from .api import uvicorn_options
+    from .litserve_compat import request_shutdown
+
+    stop = threading.Event()  # ends the health watch, before the shutdown makes /health fail
+
+    def shut_down(*_) -> None:
+        stop.set()
+        request_shutdown(server)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):  # both stop the server the same way, without tracebacks
+        signal.signal(signum, shut_down)
+    threading.Thread(target=_announce, args=(server.model_metadata, args, keyed, stop), daemon=True).start()
+    try:
+        server.run(host=args.host, port=args.port, generate_client_file=False, log_level="error",
+                   **uvicorn_options(limits, args.access_log))
+    except RuntimeError as e:  # LitServe: a worker failed to start (its traceback is above)
+        sys.exit(f"ssl-zoo serve: {e}")
+    finally:
+        stop.set()
+    print("ssl-zoo serve: stopped", flush=True)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Exit with one line if ``host:port`` cannot be listened on (before the model is loaded)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            sys.exit(f"ssl-zoo serve: cannot listen on {host}:{port}: {e.strerror}. Another server is probably "
+                     f"using port {port}: stop it, or choose another port with --port")
+
+
+def _announce(info: dict, args: argparse.Namespace, keyed: bool, stop: threading.Event) -> None:
+    """Print one line when /health first answers 200 (workers ready, HTTP listening), then one per change."""
+    loopback = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(args.host, args.host)
+    url = f"http://{loopback}:{args.port}"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never through a proxy
+    announced = ready = False
+    while not stop.is_set():
+        try:
+            ok = opener.open(f"{url}/health", timeout=2).status == 200
+        except (urllib.error.URLError, OSError):
+            ok = False
+        if stop.is_set():  # shutting down: /health may fail now, and that is no news
+            return
+        if ok and not announced:
+            print(_ready_line(info, args, url, keyed), flush=True)
+            announced = True
+        elif announced and ok != ready:
+            print("ssl-zoo serve: ready again" if ok else "ssl-zoo serve: not ready: /health answers 503 until the "
+                  "inference worker is back (restarting after a crash?)", file=sys.stderr, flush=True)
+        ready = ok
+        stop.wait(1.0 if announced else 0.2)
+
+
+def _ready_line(info: dict, args: argparse.Namespace, url: str, keyed: bool) -> str:
+    source = info.get("source") or "?"
+    if info.get("revision"):
+        source += f"@{info['revision'][:12]}"
+    if info.get("sha256"):
+        source += f", sha256 {info['sha256'][:12]}"
+    where = "" if args.host == "127.0.0.1" else f" (listening on all interfaces, {args.host})"
+    routes = ", ".join(f"{m} {url}{p}" for m, p in (("POST", "/embed"), ("POST", "/v1/embeddings"),
+                                                      ("GET", "/v1/models"), ("GET", "/health"), ("GET", "/info")))
+    return (f"ssl-zoo serve: ready: {info['model']} ({source}), {info['dim']}-d, backend {info['backend']}, "
+            f"{args.workers} worker(s){where}; {routes}" + ("; API key required except on /health" if keyed else ""))
 
 
 def register_export(subparsers) -> None:
+    """Add ``ssl-zoo export-onnx``."""
     p = subparsers.add_parser("export-onnx", help="export a zoo encoder to ONNX and verify it against torch")
-    p.add_argument("model", help="registry name, Hub id or local directory")
+    p.add_argument("model", help="registry name, hf-hub:owner/name[@revision], or a local path")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--data", help="CIFAR-10 root for the parity check (default: as everywhere else)")
     p.set_defaults(func=_export)
@@ -63,10 +188,10 @@ def _export(args: argparse.Namespace) -> None:
     from .onnx_export import OPSET, export_onnx, max_abs_diff, onnx_session
 
     encoder = zoo.load(args.model)
-    path = export_onnx(encoder, args.output, encoder.config.input_size)
+    path = export_onnx(encoder, args.output)
     images = encoder.preprocess(zoo.load_cifar10("test", args.data).per_class(10).images)
     diff = max_abs_diff(encoder, onnx_session(path), images)
-    print(f"wrote {path} (opset {OPSET}, dynamic batch); onnx.checker passed; "
-          f"max |torch - onnxruntime| on {len(images)} CIFAR-10 test images: {diff:.2e}")
+    print(f"wrote {path} (opset {OPSET}, dynamic batch; preprocessing and provenance in its metadata); "
+          f"onnx.checker passed; max |torch - onnxruntime| on {len(images)} CIFAR-10 test images: {diff:.2e}")
     if diff >= 1e-4:
         raise RuntimeError(f"ONNX parity check failed: max abs diff {diff:.2e} >= 1e-4")

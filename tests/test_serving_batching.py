@@ -1,18 +1,21 @@
-"""When the server's batching loop starts a batch, and the ZeroMQ transport it relies on."""
+"""When the server's batching loop starts a batch, and the transport that brings responses back."""
 
 import asyncio
+import os
 import pickle
+import stat
 import threading
 import time
 from queue import Queue
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
-from litserve.loops.base import _SENTINEL_VALUE, _StopLoopError
-from litserve.transport.factory import create_transport_from_config
+from fastapi import HTTPException
 
-from serving.api import build_server
 from serving.batching import GapBatchingLoop
+from serving.ipc_transport import IpcTransport, WorkerError
+from serving.litserve_compat import SENTINEL, LitAPIStatus, LoopResponseType, StopLoop
 
 
 def _api(max_batch_size=16, batch_timeout=0.5, request_timeout=-1):
@@ -78,17 +81,18 @@ def test_an_idle_queue_gives_an_empty_batch_and_shutdown_stops_the_loop():
     queue = Queue()
     loop, api = GapBatchingLoop(gap=0.01), _api()
     assert _collect(loop, api, queue)[:2] == ([], [])
-    queue.put(_SENTINEL_VALUE)
-    with pytest.raises(_StopLoopError):
+    queue.put(SENTINEL)
+    with pytest.raises(StopLoop):
         loop.get_batch_requests(api, queue, transport=None)
 
 
-def test_requests_older_than_the_request_timeout_are_answered_as_timed_out():
+def test_requests_older_than_the_request_timeout_are_dropped():
+    """The HTTP process has answered them 504 already; the worker does not spend a batch slot on them."""
     queue = Queue()
     queue.put(_item(0, timestamp=time.monotonic() - 10))
     queue.put(_item(1))
     got, timed_out, _ = _collect(GapBatchingLoop(gap=0.01), _api(request_timeout=5), queue)
-    assert got == [1] and timed_out == [(0, "uid0")]
+    assert got == [1] and timed_out == []
 
 
 def test_a_non_positive_gap_is_refused():
@@ -96,30 +100,40 @@ def test_a_non_positive_gap_is_refused():
         GapBatchingLoop(gap=0)
 
 
-def test_the_server_uses_a_working_zeromq_transport(tmp_path):
-    import torch
+def _response(data, status=LitAPIStatus.OK):
+    return ("uid-1", (data, status, LoopResponseType.REGULAR, 0))
 
-    import zoo
-    
-    config = zoo.EncoderConfig("resnet18_cifar", {"width": 4})
-    torch.manual_seed(0)
-    server = build_server(str(zoo.Encoder(config).save_pretrained(tmp_path)), accelerator="cpu")
-    assert server.transport_config.transport_type == "zmq"
-    create_transport_from_config(server.transport_config).close()  # the main process closes one it never used
-    consumer = create_transport_from_config(server.transport_config)  # the HTTP process's end
-    producer = pickle.loads(pickle.dumps(consumer))  # what an inference worker process receives
 
-    async def round_trip():
-        receive = asyncio.create_task(consumer.areceive(consumer_id=0, timeout=10))
-        for _ in range(50):  # a PUB socket drops messages until its subscriber has connected
-            await asyncio.sleep(0.05)
-            producer.send(("uid", ("hello",)), consumer_id=0)
-            if receive.done():
-                break
-        return await receive
-
+def test_the_transport_delivers_what_a_worker_sends_before_the_http_process_listens():
+    """LitServe's PUB socket dropped responses sent before its subscriber connected; PUSH queues them."""
+    transport = IpcTransport.create()
+    worker = pickle.loads(pickle.dumps(transport))  # what an inference worker process receives
+    features = np.arange(12, dtype=np.float32).reshape(3, 4)
     try:
-        assert asyncio.run(round_trip()) == ("uid", ("hello",))
+        assert stat.S_IMODE(os.stat(transport.directory).st_mode) == 0o700
+        worker.send(("uid-0", ((), LitAPIStatus.START, LoopResponseType.REGULAR, 0)), consumer_id=0)  # not sent
+        worker.send(_response(features), consumer_id=0)  # nobody listens yet
+        worker.send(_response(HTTPException(504, "timed out"), LitAPIStatus.ERROR), consumer_id=0)
+        worker.send(_response(pickle.dumps(RuntimeError("boom")), LitAPIStatus.ERROR), consumer_id=0)
+
+        async def receive(n):
+            return [await transport.areceive(consumer_id=0, timeout=10) for _ in range(n)]
+
+        (uid, (got, status, *_)), *errors = asyncio.run(receive(3))
+        assert uid == "uid-1" and status == LitAPIStatus.OK and np.array_equal(got, features)
+        assert [(e.status, str(e), s) for _, (e, s, *_) in errors] == [(504, "timed out", LitAPIStatus.ERROR),
+                                                                       (500, "boom", LitAPIStatus.ERROR)]
+        assert all(isinstance(e, WorkerError) for _, (e, *_) in errors)
     finally:
-        producer.close()
-        consumer.close()
+        worker.close()
+        transport.close()
+    assert not os.path.exists(transport.directory)  # removed by the process that created it
+
+
+def test_a_copy_of_the_transport_does_not_remove_the_directory():
+    transport = IpcTransport.create()
+    try:
+        pickle.loads(pickle.dumps(transport)).close()
+        assert os.path.isdir(transport.directory)
+    finally:
+        transport.close()

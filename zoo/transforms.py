@@ -65,7 +65,7 @@ def image_to_array(image: Image.Image | str | os.PathLike | bytes, size: int) ->
         raise TypeError(f"cannot read an image from {type(image).__name__}; pass a path, bytes, a PIL image, "
                         "a uint8 (H, W, 3) array or a float (3, H, W) tensor")
     short = min(image.size)
-    if image.format == "JPEG" and short > size:
+    if image.format in ("JPEG", "MPO") and short > size:  # MPO: the JPEG variant cameras write
         scale = size / short  # draft keeps the decoded image at least this large
         image.draft("RGB", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):

@@ -1,0 +1,62 @@
+"""What the server serves and the limits it keeps: plain data shared by the routes, the worker and the CLI."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .decode import ImageLimits
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Limits per request (images, body, deadlines) and per connection (headers, idle time, count)."""
+
+    max_images: int = 64
+    image: ImageLimits = field(default_factory=ImageLimits)
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_inflight_bytes: int = 256 * 1024 * 1024
+    body_timeout: float = 20.0
+    request_timeout: float = 30.0
+    max_header_bytes: int = 64 * 1024
+    header_timeout: float = 10.0
+    keep_alive: float = 5.0
+    max_connections: int = 256
+
+    def as_dict(self) -> dict[str, Any]:
+        """The limits as JSON-ready data (for ``/info``)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """The model being served: the name it answers to and its aliases, its output, its provenance."""
+
+    name: str
+    aliases: tuple[str, ...]
+    dim: int
+    input_size: int
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    provenance: dict[str, Any]
+    backend: str
+
+    def accepts(self, name: str) -> bool:
+        """Whether a request's ``model`` names this model."""
+        return name in self.aliases
+
+    def info(self) -> dict[str, Any]:
+        """Model, provenance and preprocessing as JSON-ready data (for ``/info`` and the ready line)."""
+        return {"model": self.name, "aliases": list(self.aliases), "dim": self.dim, "backend": self.backend,
+                **{k: self.provenance.get(k) for k in ("source", "repo_id", "revision", "sha256")},
+                "preprocessing": {"input_size": self.input_size, "mean": self.mean, "std": self.std,
+                                  "resize": "short side to input size, then center crop"}}
+
+
+def model_aliases(spec: str, provenance: dict[str, Any]) -> tuple[str, ...]:
+    """The names a request may use for the model: as given on the command line, its registry ``name.tag``,
+    its source (``hf-hub:owner/name``, ``local-dir:/path``) and Hub repo id."""
+    source = provenance.get("source") or ""
+    names = [spec, provenance.get("name"), source if source.startswith(("hf-hub:", "local-dir:")) else None,
+             provenance.get("repo_id")]
+    return tuple(dict.fromkeys(n for n in names if n))

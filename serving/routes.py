@@ -1,0 +1,172 @@
+"""The HTTP routes, as a LitServe spec: ``POST /embed``, ``POST /v1/embeddings``, ``GET /v1/models``.
+
+Requests are read, limited and decoded in the HTTP process (decoding in a thread), so an inference
+worker only batches, preprocesses and runs the model. Each request is one queue item holding all
+its images, answered within the request deadline (504 after it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+import uuid
+
+import numpy as np
+import orjson
+from fastapi import Request
+from fastapi.responses import Response
+from litserve.specs.base import LitSpec
+
+from .bodies import (BodyBudget, base64_images, check_keys, content_kind, embed_inputs, parse_bool,
+                     parse_json_object, request_body)
+from .config import Limits, ServedModel
+from .decode import BadRequest, decode_image
+from .ipc_transport import WorkerError
+from .litserve_compat import LitAPIStatus, ResponseBufferItem
+
+OPENAI_FIELDS = ("input", "model", "encoding_format", "dimensions", "user", "normalize")
+# A stalled body: end the connection. (After a 413 or 429 the rest of the body is read and dropped, so the client
+# can read the answer; closing with unread data would reset the connection and lose it.)
+_CLOSE_AFTER = (408,)
+
+
+class RequestError(Exception):
+    """A request answered with an error: its HTTP status and a message saying what to do."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ImageEmbeddingSpec(LitSpec):
+    """Image-embedding routes. LitServe's OpenAIEmbeddingSpec is text-shaped and refuses several inputs
+    per request when batching is on, so this spec takes images and batches any number per request."""
+
+    def __init__(self, model: ServedModel, limits: Limits) -> None:
+        super().__init__()
+        self.api_path = "/embed"
+        self.model, self.limits, self.created = model, limits, int(time.time())
+        self.budget = BodyBudget(limits.max_inflight_bytes)  # each forked HTTP process has its own
+        self.add_endpoint("/embed", self.embed, ["POST"])
+        self.add_endpoint("/v1/embeddings", self.openai_embeddings, ["POST"])
+        self.add_endpoint("/v1/models", self.openai_models, ["GET"])
+
+    async def embed(self, request: Request) -> Response:
+        """``POST /embed``: multipart files, a JSON list of base64 images, or one raw image body."""
+        deadline = time.monotonic() + self.limits.request_timeout
+        try:
+            async with self._body(request) as body:
+                blobs, normalize = await embed_inputs(request, body, self.limits.max_images)
+                normalize = _one_normalize(normalize, request.query_params.get("normalize"))
+                vectors = await self._embed(blobs, normalize, deadline)
+        except (BadRequest, RequestError) as e:
+            return _error(e.status, {"error": str(e)})
+        return _json({"model": self.model.name, "dim": self.model.dim, "embeddings": vectors})
+
+    async def openai_embeddings(self, request: Request) -> Response:
+        """``POST /v1/embeddings``, as OpenAI's: ``input`` is base64 images or data URLs."""
+        deadline = time.monotonic() + self.limits.request_timeout
+        try:
+            if content_kind(request) != "json":
+                raise BadRequest(415, "this route takes a JSON body (content-type: application/json)")
+            async with self._body(request) as body:
+                payload = parse_json_object(body, self.limits.max_images)
+                check_keys(payload, OPENAI_FIELDS, "the request")
+                encoding = self._check_openai_fields(payload)
+                if "input" not in payload:
+                    raise BadRequest(400, "the request needs \"input\": a base64 image or data URL, or a list of "
+                                     "them")
+                blobs = base64_images(payload["input"], "input", self.limits.max_images)
+                normalize = parse_bool(payload["normalize"], "normalize") if "normalize" in payload else False
+                vectors = await self._embed(blobs, normalize, deadline)
+        except (BadRequest, RequestError) as e:
+            kind = "invalid_request_error" if e.status < 500 else "server_error"
+            return _error(e.status, {"error": {"message": str(e), "type": kind, "param": None, "code": None}})
+        if encoding == "base64":  # little-endian float32 bytes, as OpenAI sends them
+            data = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in vectors]
+        else:
+            data = list(vectors)
+        return _json({"object": "list", "model": self.model.name, "usage": {"prompt_tokens": 0, "total_tokens": 0},
+                      "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(data)]})
+
+    async def openai_models(self, request: Request) -> Response:
+        """``GET /v1/models``: the one model served, as OpenAI lists models."""
+        return _json({"object": "list", "data": [{"id": self.model.name, "object": "model", "created": self.created,
+                                                  "owned_by": "ssl-zoo"}]})
+
+    def _body(self, request: Request):
+        """The request body, held against this process's body budget while the request is answered."""
+        return request_body(request, self.limits.max_body_bytes, self.limits.body_timeout, self.budget)
+
+    def _check_openai_fields(self, payload: dict) -> str:
+        """Refuse a ``model`` other than the one served and a ``dimensions`` other than its own; the encoding."""
+        model = payload.get("model")
+        if model is not None and not (isinstance(model, str) and self.model.accepts(model)):
+            raise BadRequest(404, f"model {model!r} is not served here; this server serves "
+                             f"{' = '.join(self.model.aliases)} (any of these names)")
+        dimensions = payload.get("dimensions")
+        if dimensions is not None and dimensions != self.model.dim:
+            raise BadRequest(400, f"dimensions={dimensions!r} is not supported: this model's embeddings have "
+                             f"{self.model.dim} dimensions and are not truncated; omit \"dimensions\"")
+        encoding = payload.get("encoding_format", "float")
+        if encoding not in ("float", "base64"):
+            raise BadRequest(400, f"encoding_format must be \"float\" or \"base64\", got {encoding!r}")
+        return encoding
+
+    async def _embed(self, blobs: list[tuple[str, bytes]], normalize: bool, deadline: float) -> np.ndarray:
+        """Decode the images (in a thread) and have a worker embed them, within the request deadline."""
+        images = await asyncio.to_thread(self._decode_all, blobs)
+        return await self._infer(images, normalize, deadline)
+
+    def _decode_all(self, blobs: list[tuple[str, bytes]]) -> np.ndarray:
+        size = self.model.input_size
+        return np.stack([decode_image(data, size, self.limits.image, name) for name, data in blobs])
+
+    async def _infer(self, images: np.ndarray, normalize: bool, deadline: float) -> np.ndarray:
+        uid = uuid.uuid4().hex
+        event = asyncio.Event()
+        self.response_buffer[uid] = ResponseBufferItem(event=event)
+        try:
+            self.request_queue.put((self.response_queue_id, uid, time.monotonic(),
+                                    {"images": images, "normalize": normalize}))
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await event.wait()
+            response, status = self.response_buffer[uid].response
+        except TimeoutError:
+            raise RequestError(504, f"no answer from the inference worker within the request deadline of "
+                               f"{self.limits.request_timeout:g} s (overloaded, or restarting after a crash: see "
+                               "/health); retry later") from None
+        finally:
+            self.response_buffer.pop(uid, None)
+        if status == LitAPIStatus.ERROR:
+            error = response if isinstance(response, WorkerError) else WorkerError(500, str(response))
+            if error.status == 504:
+                raise RequestError(504, f"the request waited in the queue past the deadline of "
+                                   f"{self.limits.request_timeout:g} s; retry later")
+            raise RequestError(500, f"internal error: inference failed ({error}); the server logged the details")
+        return response
+
+
+def _one_normalize(body_value: object, query_value: str | None) -> bool:
+    """The request's normalize flag, from its body or query string (both: they must agree); default false."""
+    values = {parse_bool(v, "normalize") for v in (body_value, query_value) if v is not None}
+    if len(values) > 1:
+        raise BadRequest(400, "normalize is given twice with different values (body and query string)")
+    return values.pop() if values else False
+
+
+def _json(payload: dict) -> Response:
+    """orjson writes float32 arrays directly (shortest round-trip digits): measured 4.0 -> 2.6 ms of
+    server CPU per one-image request against ``JSONResponse`` over ``tolist()``."""
+    return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+
+
+def _error(status: int, payload: dict) -> Response:
+    response = _json(payload)
+    response.status_code = status
+    if status in _CLOSE_AFTER:
+        response.headers["connection"] = "close"
+    if status == 429:
+        response.headers["retry-after"] = "1"
+    return response
