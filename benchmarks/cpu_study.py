@@ -40,7 +40,7 @@ def run_config(name: str, method: str, overrides: dict, runs: Path) -> Path:
     if (out / "results.json").is_file():
         return out
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in {**COMMON, **overrides}.items()]
-    resume = ["--resume"] if (out / "checkpoint.safetensors").is_file() else []
+    resume = ["--resume"] if (out / "train_config.json").is_file() else []
     cmd = ["ssl-zoo", "train", method, "--preset", "cpu", "--out", str(out), *flags, *resume]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)

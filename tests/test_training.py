@@ -1,10 +1,14 @@
 import argparse
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict, fields
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,13 +16,15 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 import zoo
+from zoo import cli as zoo_cli
 
-from conftest import needs_cifar10
+from conftest import CIFAR10_JPEG, REPO, needs_cifar10
 from training import loop
 from training.augment import BatchAugment
 from training.checkpoint import load_checkpoint
 from training.cli import register
-from training.config import add_config_arguments, build_config, overrides_from_args
+from training.config import TrainConfig, add_config_arguments, build_config, overrides_from_args
+from training.estimate import cpu_duration_warning, cpu_minutes
 from training.loop import TrainingDiverged, build_method, train
 from training.losses import byol_loss
 from training.methods import METHODS, Recipe, SSLMethod
@@ -35,11 +41,18 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "training", "train", *args]
 
 
-def test_smoke_preset_writes_a_complete_run_directory(tmp_path):
-    out = tmp_path / "run"
-    proc = subprocess.run(_cli("simclr", "--preset", "smoke", "--out", str(out)), capture_output=True,
-                          text=True, timeout=TIMEOUT)
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """One finished smoke run made by the command line, with an explicit --data path; tests copy it to change it."""
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    proc = subprocess.run(_cli("simclr", "--preset", "smoke", "--out", str(out), "--data", str(CIFAR10_JPEG)),
+                          capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_smoke_preset_writes_a_complete_run_directory(smoke_run):
+    out = smoke_run
     names = {p.name for p in out.iterdir()}
     assert {"train_config.json", "metrics.jsonl", "curves.png", "results.json", "checkpoint.safetensors",
             "model.safetensors", "config.json"} <= names
@@ -61,9 +74,148 @@ def test_smoke_preset_writes_a_complete_run_directory(tmp_path):
     load_checkpoint(out / "checkpoint.safetensors", method)
     for k, v in method.encoder.state_dict().items():
         assert torch.equal(v, weights[k]) and torch.equal(encoder.backbone.state_dict()[k], v)
-    # An existing run is not overwritten by accident.
-    again = subprocess.run(_cli("simclr", "--preset", "smoke", "--out", str(out)), capture_output=True, text=True)
-    assert again.returncode == 2 and "--resume" in again.stderr
+
+
+def test_the_published_config_has_provenance_and_no_local_paths(smoke_run):
+    assert json.loads((smoke_run / "train_config.json").read_text())["data"] == str(CIFAR10_JPEG)  # the run's own
+    text = (smoke_run / "config.json").read_text()
+    assert str(CIFAR10_JPEG) not in text
+    info = json.loads(text)
+    assert "data" not in info["training"] and "device" not in info["training"] and info["training"]["width"] == 8
+    prov = info["provenance"]
+    assert prov["command"] == f"python -m training train simclr --preset smoke --out {smoke_run}"  # no local path
+    if (REPO / ".git").exists():
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+        assert prov["git_commit"] == head.stdout.strip() and isinstance(prov["git_dirty"], bool)
+    assert (prov["torch"], prov["device"], prov["cores"], prov["processes"]) == (torch.__version__, "cpu",
+                                                                                 os.cpu_count(), 1)
+    assert prov["cpu"] and "\n" not in prov["cpu"]
+    metrics = [json.loads(line) for line in (smoke_run / "metrics.jsonl").read_text().splitlines()]
+    assert prov["wall_minutes"] == pytest.approx(sum(m["seconds"] for m in metrics) / 60, abs=0.01)
+    assert prov["cpu_minutes"] == pytest.approx(metrics[-1]["cpu_seconds"] / 60, abs=0.01)
+    assert prov["compute"] == {"device": "cpu", "minutes": prov["wall_minutes"]}
+
+
+def _flip_a_tensor_byte(path):
+    data = bytearray(path.read_bytes())
+    header = int.from_bytes(data[:8], "little")
+    data[8 + header + (len(data) - 8 - header) // 2] ^= 0xFF  # still a valid safetensors file: only the content changed
+    path.write_bytes(bytes(data))
+
+
+def _snapshot(run):
+    return {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_a_finished_run_is_never_overwritten(smoke_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)
+    cfg = build_config("simclr", "smoke", None, {"data": str(CIFAR10_JPEG)})
+    original = _snapshot(run)
+    ckpt = run / "checkpoint.safetensors"
+    # Not without --resume, even with the checkpoint gone; not as another method.
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(cfg, run)
+    with pytest.raises(ValueError, match="records a 'simclr' run but the command trains 'byol'"):
+        train(build_config("byol", "smoke", None, {"data": str(CIFAR10_JPEG)}), run, resume=True)
+    # --resume on a finished run says so and touches nothing, even with a corrupt checkpoint.
+    _flip_a_tensor_byte(ckpt)
+    corrupt = ckpt.read_bytes()
+    train(cfg, run, resume=True)
+    assert "finished simclr run: nothing to do" in capsys.readouterr().out
+    assert _snapshot(run) == {**original, Path(ckpt.name): corrupt}
+    # --re-export checks the checkpoint first: one line naming the file, nothing changed.
+    good = original[Path(ckpt.name)]
+    for damage in (_flip_a_tensor_byte, lambda p: p.write_bytes(good[:len(good) // 2]), lambda p: p.write_bytes(b"")):
+        ckpt.write_bytes(good)
+        damage(ckpt)
+        damaged = _snapshot(run)
+        assert zoo_cli.main(["train", "simclr", "--preset", "smoke", "--data", str(CIFAR10_JPEG), "--out", str(run),
+                             "--re-export"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("ssl-zoo train: error: ") and str(ckpt) in err and "Traceback" not in err
+        assert "corrupt" in err or "not a readable checkpoint" in err
+        assert _snapshot(run) == damaged
+    # With the good checkpoint back, --re-export redoes the export and keeps the previous one.
+    ckpt.write_bytes(good)
+    train(cfg, run, re_export=True)
+    for name in ("model.safetensors", "config.json", "results.json"):
+        assert (run / "previous" / "1" / name).read_bytes() == original[Path(name)]
+    new, old = load_file(run / "model.safetensors"), load_file(run / "previous" / "1" / "model.safetensors")
+    assert new.keys() == old.keys() and all(torch.equal(new[k], old[k]) for k in new)  # the same checkpoint
+    # A deleted checkpoint does not let a new run take the directory over.
+    ckpt.unlink()
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        train(cfg, run)
+
+
+def test_resume_of_a_run_stopped_in_its_first_epoch_starts_it_again(tmp_path):
+    cfg = build_config("simclr", "smoke", None, {})
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train_config.json").write_text(json.dumps(asdict(cfg)))
+    (run / "metrics.jsonl").write_text("")
+    assert loop._run_state(run, cfg, resume=True) == "new"  # nothing to lose
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1}) + "\n")  # an epoch done, its checkpoint gone
+    with pytest.raises(FileNotFoundError, match="checkpoint.safetensors is missing"):
+        loop._run_state(run, cfg, resume=True)
+
+
+def test_a_cpu_run_of_the_gpu_recipe_warns_with_an_estimate(tmp_path, monkeypatch, capsys):
+    seed = build_config("simclr", "seed", None, {"device": "cpu"})
+    # images x 2 views x epochs at the measured width-64 rate (100 views/s in bf16, 3x slower in fp32), + evaluation
+    training_only = 50_000 * 2 * 50 / (100 / 3) / 60
+    assert training_only < cpu_minutes(seed) < 1.2 * training_only
+    bf16 = build_config("simclr", "seed", None, {"precision": "bf16"})
+    assert cpu_minutes(bf16) == pytest.approx(cpu_minutes(seed) / 3)
+    warning = cpu_duration_warning(seed)
+    assert warning.startswith("warning: ") and f"about {cpu_minutes(seed) / 60:.0f} hours" in warning
+    assert "--preset cpu (about" in warning and "--preset smoke" in warning
+    assert cpu_duration_warning(build_config("simclr", "cpu", None, {})) is None
+    assert cpu_duration_warning(build_config("byol", "smoke", None, {})) is None
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(loop, "load_cifar10", stop)  # the run stops where it would start loading data
+    with pytest.raises(Stop):
+        train(seed, tmp_path / "run")
+    assert warning in capsys.readouterr().err
+
+
+def test_python_m_training_runs_without_the_installed_entry_points(tmp_path):
+    # A bare checkout on PYTHONPATH has no ssl_zoo.commands entry points: hide the installed ones.
+    code = ("import importlib.metadata as m, runpy; installed = m.entry_points; m.entry_points = lambda **kw: "
+            "m.EntryPoints([]) if kw.get('group') == 'ssl_zoo.commands' else installed(**kw); "
+            "runpy.run_module('training', run_name='__main__', alter_sys=True)")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    helped = subprocess.run([sys.executable, "-c", code, "train", "--help"], capture_output=True, text=True, env=env,
+                            timeout=TIMEOUT)
+    assert helped.returncode == 0, helped.stderr[-3000:]
+    text = " ".join(helped.stdout.split())
+    assert "training epochs (default: 50; preset cpu: 15, smoke: 2)" in text
+    assert "auto|cpu|cuda|cuda:N" in text and "--re-export" in text
+    failed = subprocess.run([sys.executable, "-c", code, "train", "byol", "--out", str(tmp_path / "none"), "--resume"],
+                            capture_output=True, text=True, env=env, timeout=TIMEOUT)
+    assert failed.returncode == 2 and failed.stderr.count("\n") == 1  # zoo.cli's one-line error, no traceback
+    assert "error: --resume:" in failed.stderr and "holds no run" in failed.stderr
+
+
+def test_every_train_flag_shows_a_description_and_its_default():
+    subparsers = argparse.ArgumentParser().add_subparsers()
+    register(subparsers)
+    help_text = subparsers.choices["train"].format_help()
+    entries = re.split(r"\n  (?=--)", help_text.split("hyperparameters (override preset and config file):")[1])[1:]
+    flags = {entry.split()[0]: " ".join(entry.split()) for entry in entries}
+    expected = {f"--{f.name.replace('_', '-')}" for f in fields(TrainConfig)
+                if f.name not in ("method", "method_options")}
+    expected |= {f"--{option.replace('_', '-')}" for method in METHODS.values() for option in method.options()}
+    assert expected <= set(flags)
+    for flag, entry in flags.items():
+        assert "default: " in entry and len(entry.split("default: ")[0].split()) > 2, entry  # flag, description
 
 
 def test_resume_after_a_kill_gives_the_same_weights(tmp_path):

@@ -1,5 +1,18 @@
-"""``python -m training ...`` is ``ssl-zoo ...`` (for ``torchrun -m training train ...``)."""
+"""``python -m training train ...`` (also ``torchrun -m training train ...``): works from a checkout on
+``PYTHONPATH`` alone, without the installed ``ssl-zoo`` console script and its entry points."""
 
-from zoo.cli import main
+import argparse
 
-raise SystemExit(main())
+from zoo import cli
+
+from .cli import register
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A parser with training's own ``train`` subcommand."""
+    parser = argparse.ArgumentParser(prog="python -m training", description="Train self-supervised encoders.")
+    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    return parser
+
+
+raise SystemExit(cli.main(parser=build_parser()))

@@ -8,13 +8,19 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .methods import METHODS, VIEWS
+from .methods import METHODS, VIEWS, Recipe
 from .optim import OPTIMIZERS, SCHEDULES
 
 PRECISIONS = ("auto", "bf16", "fp32")
+RECIPE_FIELDS = tuple(f.name for f in fields(Recipe))  # None in TrainConfig: the method's seed value
 PER_CLASS_FIELDS = ("train_per_class", "eval_train_per_class", "eval_test_per_class", "final_train_per_class")
 CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "views": VIEWS, "precision": PRECISIONS}
 _TYPES = {"bool": bool, "int": int, "float": (int, float), "str": str, "dict": dict}  # by annotation
+
+
+def _doc(default: Any, text: str) -> Any:
+    """A dataclass field with its one-line description (the flag's help)."""
+    return field(default=default, metadata={"help": text})
 
 
 @dataclass
@@ -30,30 +36,33 @@ class TrainConfig:
     """
 
     method: str = "simclr"
-    epochs: int = 50
-    batch_size: int = 256
-    optimizer: str = "adamw"
-    lr: float | None = None
-    weight_decay: float | None = None
-    schedule: str | None = None
-    warmup_epochs: int | None = None
-    views: str | None = None
+    epochs: int = _doc(50, "training epochs")
+    batch_size: int = _doc(256, "images per step, over all processes")
+    optimizer: str = _doc("adamw", "optimiser")
+    lr: float | None = _doc(None, "peak learning rate")
+    weight_decay: float | None = _doc(None, "weight decay")
+    schedule: str | None = _doc(None, "learning-rate schedule")
+    warmup_epochs: int | None = _doc(None, "epochs of linear warm-up (the warmup-cosine schedules)")
+    views: str | None = _doc(None, "separate: one forward pass per view (BatchNorm statistics per view); "
+                             "joint: both views in one batch")
     method_options: dict[str, Any] = field(default_factory=dict)
-    width: int = 64
-    proj_hidden: int = 2048
-    proj_out: int = 128
-    shuffle: bool = True
-    drop_last: bool = True
-    train_per_class: int | None = None
-    eval_train_per_class: int | None = 500
-    eval_test_per_class: int | None = 100
-    final_train_per_class: int | None = None
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"
-    compile: bool = False
-    log_every: int = 20
-    data: str | None = None
+    width: int = _doc(64, "ResNet-18 base width (64: the standard network, 512-d features)")
+    proj_hidden: int = _doc(2048, "hidden size of the projector (and BYOL's predictor)")
+    proj_out: int = _doc(128, "output size of the projector")
+    shuffle: bool = _doc(True, "a fresh data order every epoch, seeded by (seed, epoch)")
+    drop_last: bool = _doc(True, "drop each epoch's partial last batch")
+    train_per_class: int | None = _doc(None, "training images per class (all: 5,000)")
+    eval_train_per_class: int | None = _doc(500, "k-NN bank images per class of the per-epoch monitor")
+    eval_test_per_class: int | None = _doc(100, "test images per class of the per-epoch monitor")
+    final_train_per_class: int | None = _doc(None, "train bank images per class of the final probes "
+                                             "(the test set is always whole)")
+    seed: int = _doc(0, "seed of initialisation, data order and augmentation")
+    device: str = _doc("auto", "auto|cpu|cuda|cuda:N (auto: cuda when available)")
+    precision: str = _doc("auto", "auto: bf16 autocast + channels_last on CUDA, fp32 on CPU; bf16 forces it "
+                          "(about 3x faster on CPUs with AMX)")
+    compile: bool = _doc(False, "torch.compile the training step")
+    log_every: int = _doc(20, "steps between loss read-backs (divergence check, progress bar)")
+    data: str | None = _doc(None, "CIFAR-10 root (unset: $SSL_ZOO_DATA, the ../shared copy, or a download)")
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -155,20 +164,39 @@ def _method_options() -> dict[str, dict[str, Any]]:
     return options
 
 
+def _default_text(name: str, default: Any) -> str:
+    """A field's default under the seed preset (each method's recipe where it has none), then the
+    presets that change it: "default: 50; preset cpu: 15, smoke: 2"."""
+    def show(value: Any) -> str:
+        if isinstance(value, bool):
+            return str(value).lower()
+        return str(value) if value is not None else "all" if name in PER_CLASS_FIELDS else "unset"
+
+    text = (", ".join(f"{m} {show(getattr(method.recipe, name))}" for m, method in METHODS.items())
+            if default is None and name in RECIPE_FIELDS else show(default))
+    changed = [f"{preset}: {show(values[name])}" for preset, values in PRESETS.items() if name in values]
+    return f"default: {text}" + (f"; preset {', '.join(changed)}" if changed else "")
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One ``--flag`` per TrainConfig field and per method option, defaulting to 'not given'."""
+    """One ``--flag`` per TrainConfig field and per method option, defaulting to 'not given'; the
+    help shows the field's description and its default under each preset."""
     group = parser.add_argument_group("hyperparameters (override preset and config file)")
     for f in fields(TrainConfig):
         if f.name not in ("method", "method_options"):
-            metavar = None if f.name in CHOICES else "N|all" if f.name in PER_CLASS_FIELDS else f.name.upper()
+            metavar = (None if f.name in CHOICES else "N|all" if f.name in PER_CLASS_FIELDS else
+                       "true|false" if f.type == "bool" else "DIR" if f.name == "data" else f.name.upper())
             group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=_parser_for(f.name, str(f.type)),
-                               choices=CHOICES.get(f.name), default=None, metavar=metavar)
+                               choices=CHOICES.get(f.name), default=None, metavar=metavar,
+                               help=f"{f.metadata['help']} ({_default_text(f.name, f.default)})")
     options = parser.add_argument_group("method options (each applies to the methods named; default: the seed's)")
     for option, seeds in _method_options().items():
         seed_type = type(next(iter(seeds.values())))
+        titles = " and ".join(METHODS[m].title for m in seeds)
+        defaults = ", ".join(f"{m} {v}" for m, v in seeds.items())
         options.add_argument(f"--{option.replace('_', '-')}", dest=f"option_{option}",
                              type=_parse_bool if seed_type is bool else seed_type, default=None,
-                             metavar=option.upper(), help=", ".join(f"{m}: {v}" for m, v in seeds.items()))
+                             metavar=option.upper(), help=f"{titles} option (default: {defaults})")
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:

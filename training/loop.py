@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -16,16 +17,21 @@ from tqdm.auto import tqdm
 import zoo
 from zoo import Encoder, EncoderConfig, ImageArrays, build_encoder, load_cifar10
 from zoo.io import atomic_write, write_json
+from zoo.model import CONFIG_NAME, WEIGHTS_NAME
 from zoo.probes import evaluate
 
 from .augment import BatchAugment
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .distributed import all_reduce_sum, convert_batchnorm, init_distributed
+from .estimate import cpu_duration_warning
 from .methods import METHODS, SSLMethod
 from .optim import build_optimizer, lr_at
+from .provenance import run_provenance
 
 CHECKPOINT = "checkpoint.safetensors"
+EXPORT_FILES = ("results.json", WEIGHTS_NAME, CONFIG_NAME)  # the final evaluation and export, config.json last
+RUN_FILES = ("train_config.json", "metrics.jsonl", CHECKPOINT, *EXPORT_FILES)
 EXPLODE_FACTOR = 100.0  # a logged loss this many times the first one counts as exploded
 
 
@@ -63,16 +69,23 @@ def _check_batching(num_images: int, cfg: TrainConfig, world_size: int) -> None:
                          f"and divide by the {world_size} processes: pass --drop-last true or another --batch-size")
 
 
-def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict[str, Any]:
-    """Train ``cfg.method`` (resolved when it was built); write the run directory ``out``; return the final results."""
+def train(cfg: TrainConfig, out: str | Path, resume: bool = False, re_export: bool = False) -> dict[str, Any]:
+    """Train ``cfg.method`` (resolved when it was built); write the run directory ``out``; return the final
+    results. ``resume`` continues the run in ``out`` (a finished one is left as it is); ``re_export``
+    evaluates and exports a finished run again from its checkpoint, keeping the previous export."""
     cpu_start, wall_start = time.process_time(), time.perf_counter()
     out = Path(out)
     env = init_distributed(cfg.device)
-    ckpt_path = out / CHECKPOINT
-    if ckpt_path.exists() and not resume:
-        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    if resume and not ckpt_path.exists():
-        raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
+    resume = resume or re_export
+    state = _run_state(out, cfg, resume)
+    if state == "finished" and not re_export:
+        if env.is_main:
+            print(f"{out} holds a finished {cfg.method} run: nothing to do (its encoder and results are unchanged). "
+                  f"Pass --re-export to evaluate and export it again from its checkpoint.", flush=True)
+        return json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
+    resume = state != "new"
+    if env.is_main and env.device.type == "cpu" and (warning := cpu_duration_warning(cfg)):
+        print(warning, file=sys.stderr, flush=True)
     torch.manual_seed(cfg.seed)
     dev = env.device
     train_set = load_cifar10("train", cfg.data)
@@ -87,16 +100,15 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict[str, 
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and dev.type == "cuda")
     memory_format = torch.channels_last if bf16 else torch.contiguous_format  # fp32 CPU convs: slower
     method.to(dev, memory_format=memory_format)
+    # DDP's constructor synchronises the ranks: every rank has checked the run directory before rank 0 writes.
     model = DistributedDataParallel(method) if env.world_size > 1 else method
     step_fn = torch.compile(model) if cfg.compile else model
     optimizer = build_optimizer(method, cfg)
 
     history: list[dict[str, Any]] = []
     if resume:
-        progress = load_checkpoint(ckpt_path, method, optimizer)
-        if progress["config"] != asdict(cfg):
-            raise ValueError(f"--resume: the configuration differs from the run in {out}; "
-                             f"saved: {progress['config']}")
+        progress = load_checkpoint(out / CHECKPOINT, method, optimizer)
+        _check_same_run(progress["config"], cfg, out / CHECKPOINT)
         history = progress["history"]
     # Time already spent by the run before a resume (rank 0 keeps the totals in its history).
     cpu_start -= history[-1].get("cpu_seconds", 0.0) if history else 0.0
@@ -147,7 +159,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> dict[str, 
                       "images_per_s": sum(len(b) for b in batches) * env.world_size / seconds, "seconds": seconds,
                       "cpu_seconds": time.process_time() - cpu_start, "wall_seconds": time.perf_counter() - wall_start}
             history.append(record)
-            save_checkpoint(ckpt_path, method, optimizer, {"config": asdict(cfg), "history": history})
+            save_checkpoint(out / CHECKPOINT, method, optimizer, {"config": asdict(cfg), "history": history})
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
             _plot_curves(history, out / "curves.png", method.title)
@@ -166,6 +178,9 @@ def _subset(data: ImageArrays, per_class: int | None) -> ImageArrays:
 def _finish(cfg, method, encoder_config, train_set, test_set, history, out: Path, env) -> dict[str, Any]:
     if not env.is_main:
         return {}
+    from zoo.publish import LOCAL_KEYS, public_training_config  # huggingface_hub: imported only when a run ends
+
+    _keep_previous_export(out)
     bank = _subset(train_set, cfg.final_train_per_class)
     results = evaluate(method.encoder, bank, test_set, device=env.device)
     results.update({"train_images": len(bank), "test_images": len(test_set), "epochs": cfg.epochs,
@@ -173,11 +188,70 @@ def _finish(cfg, method, encoder_config, train_set, test_set, history, out: Path
                                     "processes": env.world_size}})
     write_json(out / "results.json", results)
     info = {"method": cfg.method, "method_title": method.title, "dataset": "cifar10", "epochs": cfg.epochs,
-            "results": results, "training": asdict(cfg), "ssl_zoo_version": zoo.__version__}
+            "results": results, "training": public_training_config(asdict(cfg)),
+            "provenance": run_provenance(history, env.device, env.world_size, tuple(f"--{k}" for k in LOCAL_KEYS)),
+            "ssl_zoo_version": zoo.__version__}
     Encoder(encoder_config, method.encoder.to(memory_format=torch.contiguous_format)).save_pretrained(out, info=info)
     print(f"{cfg.method}: k-NN (k=5) {100 * results['knn5']:.2f} %, weighted k-NN (k=200) "
           f"{100 * results['knn200']:.2f} %, linear {100 * results['linear']:.2f} % -> {out}", flush=True)
     return results
+
+
+def _run_state(out: Path, cfg: TrainConfig, resume: bool) -> str:
+    """What to do with ``out``: start a ``new`` run, ``resume`` one from its checkpoint, or leave a
+    ``finished`` one; raises, changing nothing, when run files would be lost or belong to another run."""
+    present = [name for name in RUN_FILES if (out / name).exists()]
+    if not resume:
+        if present:
+            raise FileExistsError(f"{out} already holds a run ({', '.join(present)}): pass --resume to continue it, "
+                                  f"or choose another --out (nothing was changed)")
+        return "new"
+    if not present:
+        raise FileNotFoundError(f"--resume: {out} holds no run to continue; drop --resume to start one there")
+    if (saved := out / "train_config.json").is_file():
+        try:
+            saved_config = json.loads(saved.read_text())
+        except ValueError as e:
+            raise ValueError(f"--resume: {saved} is not valid JSON ({e}); restore it or train in another --out") from e
+        _check_same_run(saved_config, cfg, saved)
+    if (out / CONFIG_NAME).is_file():  # written last by _finish
+        return "finished"
+    if (out / CHECKPOINT).exists():
+        return "resume"
+    metrics = out / "metrics.jsonl"
+    if not (metrics.is_file() and metrics.read_text().strip()):
+        return "new"  # stopped before its first epoch ended: nothing to lose, start it again
+    raise FileNotFoundError(f"--resume: {out / CHECKPOINT} is missing, so the run in {out} cannot continue (its "
+                            f"metrics.jsonl records finished epochs); train again in another --out "
+                            f"(nothing was changed)")
+
+
+def _check_same_run(saved: dict[str, Any], cfg: TrainConfig, source: Path) -> None:
+    """Refuse to resume the run recorded in ``source`` with another method or configuration."""
+    if saved.get("method") != cfg.method:
+        raise ValueError(f"--resume: {source} records a {saved.get('method')!r} run but the command trains "
+                         f"{cfg.method!r}: resume it with `ssl-zoo train {saved.get('method')} --resume`, or train "
+                         f"{cfg.method} in another --out (nothing was changed)")
+    if saved != asdict(cfg):
+        changed = ", ".join(f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in asdict(cfg).items() if saved.get(k) != v)
+        raise ValueError(f"--resume: the configuration differs from the run's ({source}): {changed}. Resume with "
+                         f"the run's settings (--config {source.parent / 'train_config.json'}), or train in another "
+                         f"--out (nothing was changed)")
+
+
+def _keep_previous_export(out: Path) -> None:
+    """Move an earlier final evaluation/export of this run into ``previous/<n>/`` so nothing overwrites it."""
+    present = [name for name in EXPORT_FILES if (out / name).exists()]
+    if not present:
+        return
+    number = 1
+    while (out / "previous" / str(number)).exists():
+        number += 1
+    keep = out / "previous" / str(number)
+    keep.mkdir(parents=True)
+    for name in present:
+        (out / name).rename(keep / name)
+    print(f"the run's previous export ({', '.join(present)}) moved to {keep}", flush=True)
 
 
 def _check_loss(value: float, first: float, epoch: int, step: int, out: Path) -> None:

@@ -1,0 +1,74 @@
+"""Where a run came from: the command, the code's commit, the machine and the time it took."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SOURCE = Path(__file__).resolve().parents[1]  # the checkout holding training/ and zoo/
+
+
+def command_line(argv: list[str] | None = None, local_flags: tuple[str, ...] = ()) -> str:
+    """The command as run, argv[0] shortened to the program (``ssl-zoo``, or ``python -m training``),
+    without ``local_flags`` and their values (machine-local settings such as ``--data PATH``)."""
+    argv = sys.argv if argv is None else argv
+    program = Path(argv[0]).name
+    if program == "__main__.py":  # python -m <package> (also torchrun -m)
+        program = f"python -m {Path(argv[0]).parent.name}"
+    kept, args = [], iter(argv[1:])
+    for arg in args:
+        if arg in local_flags:
+            next(args, None)  # `--flag value`: its value goes too
+        elif arg.split("=", 1)[0] not in local_flags:
+            kept.append(arg)
+    return " ".join([program, *map(shlex.quote, kept)])
+
+
+def git_state(source: Path = SOURCE) -> tuple[str | None, bool | None]:
+    """(commit, has uncommitted changes) of ``source`` when it is a git checkout, else (None, None)."""
+    if not (source / ".git").exists():
+        return None, None
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(["git", "-C", str(source), *args], capture_output=True, text=True, check=True,
+                                  timeout=30).stdout.strip()
+
+        return git("rev-parse", "HEAD"), bool(git("status", "--porcelain"))
+    except (OSError, subprocess.SubprocessError):  # no git, not a repository it trusts, or too slow
+        return None, None
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name (``/proc/cpuinfo``, else ``platform.processor()``), None when unknown."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def device_name(device: torch.device) -> str:
+    """``cpu``, or ``cuda:0 (NVIDIA H200)`` for an accelerator."""
+    return f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
+
+
+def run_provenance(history: list[dict[str, Any]], device: torch.device, processes: int,
+                   local_flags: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The card's provenance block for a run whose per-epoch records are ``history``, its command
+    without ``local_flags``; ``compute`` (device, training minutes) is what a registry entry copies."""
+    commit, dirty = git_state()
+    wall_minutes = sum(r["seconds"] for r in history) / 60
+    name = device_name(device)
+    return {"command": command_line(local_flags=local_flags), "git_commit": commit, "git_dirty": dirty, "torch": torch.__version__,
+            "device": name, "cpu": cpu_model(), "cores": os.cpu_count(), "processes": processes,
+            "wall_minutes": round(wall_minutes, 2), "cpu_minutes": round(history[-1]["cpu_seconds"] / 60, 2),
+            "compute": {"device": name, "minutes": round(wall_minutes, 2)}}
