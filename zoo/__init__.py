@@ -21,6 +21,8 @@ _EXPORTS = {
     "PendingModelError": "registry", "UnknownModelError": "registry", "list_models": "registry",
     "fetch": "sources", "load": "sources", "parse_source": "sources",
     "Preprocess": "transforms",
+    "embed_collection": "collection", "load_collection": "collection",
+    "NeighborIndex": "neighbors", "build_index": "neighbors",
 }
 __all__ = sorted(_EXPORTS)
 
@@ -33,6 +35,8 @@ if TYPE_CHECKING:
     from .registry import PendingModelError, UnknownModelError, list_models
     from .sources import fetch, load, parse_source
     from .transforms import Preprocess
+    from .collection import embed_collection, load_collection
+    from .neighbors import NeighborIndex, build_index
 
 
 def __getattr__(name: str) -> Any:

@@ -11,6 +11,9 @@ from importlib.metadata import entry_points
 
 import torch
 
+from .io import write_json
+from .probes import BATCH_NORM_MODES, SOLVERS
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssl-zoo", description="Self-supervised vision encoders: "
@@ -21,8 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    """Run one subcommand (``parser``: default every installed one); expected errors print one line."""
+    args = (parser or build_parser()).parse_args(argv)
     try:
         return args.func(args) or 0
     except (ValueError, RuntimeError, OSError, LookupError) as e:
@@ -30,71 +34,84 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+BASELINE = "random-init-resnet18"
+PROBE_KEYS = ("knn5", "knn200", "linear")
+
+
 def register_baseline(subparsers) -> None:
-    p = subparsers.add_parser("baseline", help="random-init ResNet-18 k-NN and linear probe on CIFAR-10 "
-                              "(the seed's section 2)")
+    p = subparsers.add_parser("baseline", help="the notebook's section 2: random-init ResNet-18, k-NN (k=5) and "
+                              "linear probe on raw CIFAR-10 features")
     p.add_argument("--data", help="CIFAR-10 root (default: $SSL_ZOO_DATA, ../shared copy, or download)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
-    p.add_argument("--linear-solver", choices=["sklearn", "fast"], default="sklearn",
-                   help="sklearn: the seed's LogisticRegression(max_iter=1000); fast: L-BFGS in torch")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation (and, with --bn "
+                   "batch-stats, of the batches' shuffle)")
+    p.add_argument("--bn", choices=BATCH_NORM_MODES, default="eval",
+                   help="eval (default): BatchNorm running statistics, deterministic and independent of the batch "
+                   "composition; batch-stats: what the notebook's code does (it never calls .eval()), each batch of "
+                   "256 normalised by its own statistics, batches drawn in shuffled order")
+    p.add_argument("--linear-solver", choices=SOLVERS, default="sklearn",
+                   help="sklearn (default): the notebook's LogisticRegression(max_iter=1000); fast: the same "
+                   "objective by L-BFGS in torch")
     p.add_argument("--per-class", type=int, help="use only the first N images per class of each split "
                    "(a quick check; default: the full splits)")
-    p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", help="also write the results and their protocol to this JSON file")
     p.set_defaults(func=_baseline)
 
 
 def _baseline(args: argparse.Namespace) -> None:
-    from .data import load_cifar10
-    from .encoders import build_encoder
-    from .probes import extract_features, knn_probe, linear_probe
+    from dataclasses import replace
 
-    torch.manual_seed(args.seed)
-    model = build_encoder({"architecture": "resnet18_imagenet"})
-    feats = {}
-    for split in ("train", "test"):
-        data = load_cifar10(split, args.data)
-        if args.per_class:
-            data = data.per_class(args.per_class)
-        feats[split] = (extract_features(model, data), data.labels)
-    (tx, ty), (vx, vy) = feats["train"], feats["test"]
-    knn = knn_probe(tx, ty, vx, vy, k=5)
-    linear = linear_probe(tx, ty, vx, vy, solver=args.linear_solver)
-    print(f"random-init ResNet-18 (torchvision, seed {args.seed}), CIFAR-10 test set ({len(vy)} images):")
-    print(f"  k-NN (k=5, Euclidean):   {100 * knn.accuracy:.2f} %")
-    print(f"  linear probe ({args.linear_solver}): {100 * linear.accuracy:.2f} %")
-    if args.json:
-        result = {"seed": args.seed, "torch": torch.__version__, "test_images": len(vy), "knn": knn.accuracy,
-                  "linear": linear.accuracy, "knn_protocol": knn.protocol, "linear_protocol": linear.protocol}
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    from . import fetch, probe
+
+    encoder = replace(fetch(BASELINE), build_seed=args.seed).load(args.device)
+    results = probe(encoder, knn=True, weighted_knn=False, linear=True, normalize=False, batch_norm=args.bn,
+                    solver=args.linear_solver, seed=args.seed, train_per_class=args.per_class,
+                    test_per_class=args.per_class, data=args.data, device=args.device, progress=True)
+    _report(f"random-init ResNet-18 (torchvision, seed {args.seed})", results, args.json)
 
 
 def register_list(subparsers) -> None:
-    p = subparsers.add_parser("list", help="the registry's named models")
+    p = subparsers.add_parser("list", help="the registry's named models, their results and protocol")
+    p.add_argument("pattern", nargs="?", help="shell-style filter on name.tag, e.g. 'byol*'")
     p.set_defaults(func=_list)
 
 
 def _list(args: argparse.Namespace) -> None:
-    from .registry import list_models
+    from . import list_models
 
     def pct(x):
         return f"{100 * x:.2f}" if x is not None else "-"
 
-    print(f"{'name':<22} {'method':<12} {'dataset':<8} {'k-NN %':>7} {'linear %':>8}  hub")
-    for row in list_models():
-        hub = f"{row['repo_id']}@{(row['revision'] or 'unpublished')[:12]}" if row["repo_id"] else "(built locally)"
-        print(f"{row['name']:<22} {row['method']:<12} {row['dataset']:<8} {pct(row['knn5']):>7} "
-              f"{pct(row['linear']):>8}  {hub}")
+    print(f"{'name':<30} {'method':<12} {'k-NN %':>7} {'wk-NN %':>7} {'linear %':>8}  {'features':<8} "
+          f"{'solver':<7} {'train/test':<12} {'numbers from':<16} files")
+    for row in list_models(args.pattern):
+        results, protocol = row["results"], row["protocol"]
+        first = next(iter(protocol.values()), {})
+        normalized = protocol.get("knn5", protocol.get("linear", {})).get("features_normalized")
+        features = "-" if normalized is None else "L2-norm" if normalized else "raw"
+        images = f"{first['train_images']}/{first['test_images']}" if "train_images" in first else "-"
+        origin = ("-" if not results else "ssl-zoo probe" if row["source"] == "built locally" else "training run")
+        print(f"{row['name']:<30} {row['method'] or '-':<12} {pct(results.get('knn5')):>7} "
+              f"{pct(results.get('knn200')):>7} {pct(results.get('linear')):>8}  {features:<8} "
+              f"{protocol.get('linear', {}).get('solver', '-'):<7} {images:<12} {origin:<16} {row['source']}")
 
 
 def register_probe(subparsers) -> None:
     p = subparsers.add_parser("probe", help="k-NN and linear probes of a model on CIFAR-10 (the model-card protocol)")
-    p.add_argument("model", help="registry name, Hub id (owner/name[@revision]) or local directory")
+    p.add_argument("model", help="registry name[.tag], hf-hub:owner/name[@revision] or a local directory")
     p.add_argument("--knn", action="store_true", help="k-NN probes only (with --linear: both; default: both)")
     p.add_argument("--linear", action="store_true", help="linear probe only (with --knn: both)")
     p.add_argument("--train-per-class", type=int, help="train bank: first N images per class (default: all)")
+    p.add_argument("--test-per-class", type=int, help="test set: first N images per class (default: all)")
+    p.add_argument("--raw-features", action="store_true", help="probe raw features (default: L2-normalised, "
+                   "the model-card protocol)")
+    p.add_argument("--linear-solver", choices=SOLVERS, default="fast", help="fast (default, the model-card "
+                   "protocol) or sklearn: LogisticRegression(max_iter=1000), the same objective")
+    p.add_argument("--bn", choices=BATCH_NORM_MODES, default="eval", help="BatchNorm statistics: eval (default) or "
+                   "batch-stats (each batch of 256 by its own, as a model left in train mode)")
     p.add_argument("--data", help="CIFAR-10 root (default: $SSL_ZOO_DATA, ../shared copy, or download)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--json", help="also write the results and their protocol to this JSON file")
     p.set_defaults(func=_probe)
 
 
@@ -102,13 +119,26 @@ def _probe(args: argparse.Namespace) -> None:
     from . import load, probe
 
     both = args.knn == args.linear
-    results = probe(load(args.model, device=args.device), knn=both or args.knn, linear=both or args.linear,
-                    train_per_class=args.train_per_class, data=args.data)
-    labels = {"knn5": "k-NN (k=5, Euclidean)", "knn200": "weighted k-NN (k=200, T=0.07, cosine)",
-              "linear": "linear probe"}
-    for key, label in labels.items():
+    encoder = load(args.model, device=args.device)
+    results = probe(encoder, knn=both or args.knn, linear=both or args.linear, train_per_class=args.train_per_class,
+                    test_per_class=args.test_per_class, data=args.data, normalize=not args.raw_features,
+                    batch_norm=args.bn, solver=args.linear_solver, device=args.device, progress=True)
+    _report(encoder.info.get("name", args.model), results, args.json)
+
+
+def _report(model: str, results: dict, json_path: str | None) -> None:
+    """Print each number with its protocol (the same lines for baseline and probe); optionally save them."""
+    from .publish import describe_protocol
+
+    protocol = results["protocol"]
+    first = next(iter(protocol.values()))
+    print(f"{model} on CIFAR-10: train bank {first['train_images']} images, test {first['test_images']} images, "
+          f"BatchNorm {first['batch_norm']}")
+    for key in PROBE_KEYS:
         if key in results:
-            print(f"{label:<40} {100 * results[key]:.2f} %")
+            print(f"  {100 * results[key]:6.2f} %  {describe_protocol(key, protocol[key])}")
+    if json_path:
+        write_json(json_path, {"model": model, "torch": torch.__version__, **results})
 
 
 def register_publish(subparsers) -> None:

@@ -82,7 +82,7 @@ def load_cifar10(
     """Load a CIFAR-10 split (``"train"``/``"test"``) as cached uint8 arrays, validating counts and classes."""
     if split not in CIFAR10_COUNTS:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    source = _resolve_cifar10_root(root)
+    source = cifar10_root(root)
     if source is not None and (source / split).is_dir():
         data = load_image_folder(source / split, cache_dir=cache_dir)
     else:
@@ -91,7 +91,8 @@ def load_cifar10(
     return data
 
 
-def _resolve_cifar10_root(root: str | os.PathLike | None) -> Path | None:
+def cifar10_root(root: str | os.PathLike | None) -> Path | None:
+    """Where CIFAR-10 is read from: ``root``, ``$SSL_ZOO_DATA``, the shared JPEG copy, or None (download)."""
     if root is not None:
         return Path(root).expanduser()
     if os.environ.get("SSL_ZOO_DATA"):
