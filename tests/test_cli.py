@@ -1,4 +1,5 @@
 import json
+import subprocess
 
 import pytest
 
@@ -90,3 +91,10 @@ def test_unknown_command_and_bad_data_exit_nonzero(tmp_path, capsys):
     assert main(["baseline", "--data", str(tmp_path), "--per-class", "1"]) == 2
     err = capsys.readouterr().err
     assert "ssl-zoo baseline: error: no images found" in err and str(tmp_path) in err
+
+
+def test_version_flag_prints_the_package_version():
+    import zoo
+
+    proc = subprocess.run(["ssl-zoo", "--version"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"ssl-zoo {zoo.__version__}"

@@ -16,8 +16,12 @@ from .probes import BATCH_NORM_MODES, SOLVERS
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``ssl-zoo`` parser with every installed subcommand."""
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="ssl-zoo", description="Self-supervised vision encoders: "
                                      "train, evaluate, publish, load and serve.")
+    parser.add_argument("--version", action="version", version=f"ssl-zoo {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for ep in sorted(entry_points(group="ssl_zoo.commands"), key=lambda e: e.name):
         ep.load()(subparsers)
