@@ -6,6 +6,7 @@ import torch
 import torchvision
 from torch import nn
 
+import zoo
 from zoo import ARCHITECTURES, EncoderConfig, Preprocess, build_encoder
 from zoo.encoders import resnet18_cifar
 
@@ -75,7 +76,16 @@ def test_config_errors_are_clear():
         build_encoder({"architecture": "resnet18_cifar", "kwargs": {"depth": 3}})
     with pytest.raises(ValueError, match="both mean and std"):
         EncoderConfig("resnet18_cifar", mean=(0.5, 0.5, 0.5))
-    assert set(ARCHITECTURES) == {"resnet18_cifar", "resnet18_imagenet"}
+
+
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+def test_every_architecture_pools_its_feature_map_to_feature_dim(architecture):
+    encoder = zoo.Encoder(EncoderConfig(architecture)).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        fmap, pooled = encoder.forward_features(x), encoder(x)
+    assert fmap.shape[:2] == (2, encoder.feature_dim) and pooled.shape == (2, encoder.feature_dim)
+    torch.testing.assert_close(fmap.mean((2, 3)), pooled)
 
 
 def test_preprocess_totensor_normalise_and_resize(rng):

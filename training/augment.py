@@ -4,7 +4,7 @@ Same distribution as the seed's torchvision pipeline (RandomResizedCrop(32, scal
 horizontal flip, ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.8 in a random order, grayscale p=0.2,
 Gaussian blur k=3 sigma in [0.1, 2] p=0.5, no normalisation), but every parameter is drawn per
 sample for a whole batch at once. Hand-written: the seed's PIL-per-sample pipeline and kornia's
-per-op modules are both slower here (``benchmarks/augment.py``).
+per-op modules are both slower here (``benchmarks/training_speed.py``, README's augmentation table).
 """
 
 from __future__ import annotations

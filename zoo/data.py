@@ -57,10 +57,6 @@ class ImageArrays:
         idx = np.sort(np.concatenate([np.flatnonzero(self.labels == c)[:n] for c in range(len(self.classes))]))
         return ImageArrays(self.images[idx], self.labels[idx], self.classes)
 
-    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images as float ``(N, 3, H, W)`` in [0, 1] (ToTensor) and labels as int64."""
-        return to_float_nchw(self.images), torch.from_numpy(self.labels)
-
 
 def to_float_nchw(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 ``(N, H, W, 3)`` -> float32 ``(N, 3, H, W)`` in [0, 1], like torchvision's ToTensor."""
