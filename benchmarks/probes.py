@@ -115,9 +115,10 @@ def main() -> None:
     notes = (f"**Minimum speed-up across sets: linear {worst_linear['speed-up']}x** ({worst_linear['features']}, "
              f"{worst_linear['train / test']}), **k-NN {worst_knn['k-NN speed-up']}x** ({worst_knn['features']}, "
              f"{worst_knn['train / test']}); largest accuracy gap fast vs sklearn {worst_gap:.2f} points. "
-             f"Trained encoder: `ssl-zoo train simclr --preset cpu --epochs 5` (width-16 CIFAR ResNet-18, 128-d). "
-             f"Seconds: the shorter of {REPEATS} runs. Each set: the first n/10 images of every class. sklearn: LogisticRegression(max_iter=1000) and "
-             "KNeighborsClassifier(n_neighbors=5); agreement: share of test predictions equal to sklearn's. "
+             "Trained encoder: `ssl-zoo train simclr --preset cpu --epochs 5` (width-16 CIFAR ResNet-18, 128-d). "
+             f"Seconds: the shorter of {REPEATS} runs. Each set: the first n/10 images of every class. sklearn: "
+             "LogisticRegression(max_iter=1000) and KNeighborsClassifier(n_neighbors=5); agreement: share of test "
+             "predictions equal to sklearn's. "
              "Command: `nice -n 10 python benchmarks/probes.py`.")
     print(write_report("probes", "Probes on real CIFAR-10 features: zoo vs sklearn, side by side", rows, notes))
     print(write_report("extraction", "Feature extraction, ResNet-18 CIFAR stem, 2,048 CIFAR-10 test images, batch 256",

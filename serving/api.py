@@ -4,7 +4,8 @@
 The model is resolved and verified once, in the parent (``zoo.fetch``: no model is built there);
 each inference worker builds it from the resolved local files. The ONNX backend's file is exported
 once per set of weights (cached, see ``onnx_export.cached_export``) or given, and refused unless
-its metadata matches the model.
+its metadata matches the model. An index for ``/search`` is opened once here too, and refused unless
+the served model embedded it.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 import zoo
+from zoo.neighbors import NeighborIndex
 
 from .batching import GapBatchingLoop
-from .config import Limits, ServedModel, model_aliases
+from .config import Limits, SearchSettings, ServedModel, model_aliases
 from .http_guard import guarded_protocol
 from .litserve_compat import EmbeddingLitServer
 from .onnx_export import cached_export, check_metadata, model_metadata
@@ -38,28 +40,50 @@ def served_model(model: str, resolved, backend: str) -> ServedModel:
                        None if config.std is None else tuple(config.std), dict(resolved.provenance), backend)
 
 
+def check_index(directory: str | Path, served: ServedModel) -> dict[str, Any]:
+    """Open an indexed embed output once, refused unless ``served`` embedded it (same rule as
+    ``NeighborIndex.encoder``, without building the model); its description for ``/info``."""
+    try:
+        index = NeighborIndex.load(directory)
+    except RuntimeError as e:  # faiss or pyarrow not installed (their message says what to install), or unreadable
+        raise ValueError(f"--index {directory}: {e}") from e
+    try:
+        index.check_model(served.provenance.get("sha256"), served.dim, served.name)
+    except ValueError as e:
+        raise ValueError(f"--index {directory}: {e}") from None
+    return {"directory": str(index.directory), "rows": len(index), "type": index.info["type"],
+            "labels": bool(index.manifest.get("classes"))}
+
+
 def build_server(model: str, *, backend: str = "torch", max_batch_size: int = 16, batch_timeout: float = 0.05,
                  batch_gap: float = 0.008, workers: int = 1, limits: Limits = Limits(), accelerator: str = "auto",
-                 api_key: str | None = None, onnx_file: str | Path | None = None) -> EmbeddingLitServer:
+                 api_key: str | None = None, onnx_file: str | Path | None = None, index: str | Path | None = None,
+                 search_k: int = 10, max_search_k: int = 100) -> EmbeddingLitServer:
     """A LitServer for ``model`` (registry name, ``hf-hub:owner/repo[@rev]`` or a local path). A batch starts
     when it has ``max_batch_size`` requests, when no request came for ``batch_gap`` s, or ``batch_timeout`` s
-    after its first request. With ``api_key`` every route but /health needs it and /docs is off."""
+    after its first request. With ``api_key`` every route but /health needs it and /docs is off. With
+    ``index`` (an embed output indexed by ``ssl-zoo index``) ``POST /search`` answers ``search_k`` neighbours
+    per image, or ``?k=`` up to ``max_search_k``."""
     resolved = zoo.fetch(model)
     served = served_model(model, resolved, backend)
+    search, index_info = None, None
+    if index is not None:
+        search = SearchSettings(str(Path(index).resolve()), search_k, max_search_k)
+        index_info = check_index(search.directory, served) | {"k": search_k, "max_k": max_search_k}
     onnx_path = None
     if backend == "onnx":
         onnx_path = Path(onnx_file) if onnx_file else cached_export(resolved, served.dim)
         check_metadata(onnx_path, model_metadata(resolved.config, resolved.provenance, served.dim))
     elif onnx_file:
         raise ValueError("--onnx-file is for --backend onnx")
-    spec = ImageEmbeddingSpec(served, limits)
+    spec = ImageEmbeddingSpec(served, limits, search)
     with warnings.catch_warnings():  # at batch size 1 the loop still batches, one request at a time
         warnings.filterwarnings("ignore", message="The LitServer has both batch and unbatch")
         api = EncoderAPI(resolved, backend, onnx_path, api_key, max_batch_size=max_batch_size,
                          batch_timeout=batch_timeout, spec=spec, loop=GapBatchingLoop(batch_gap))
     metadata = {**served.info(), "onnx_file": str(onnx_path) if onnx_path else None,
                 "batching": {"max_batch_size": max_batch_size, "batch_timeout": batch_timeout, "batch_gap": batch_gap},
-                "limits": limits.as_dict()}
+                "limits": limits.as_dict(), "index": index_info}
     server = EmbeddingLitServer(api, accelerator=accelerator, workers_per_device=workers,
                                 timeout=limits.request_timeout, healthcheck_path=HEALTH_PATH, model_metadata=metadata,
                                 restart_workers=True, disable_openapi_url=api_key is not None)

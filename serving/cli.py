@@ -22,6 +22,10 @@ def register_serve(subparsers) -> None:
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
     p.add_argument("--onnx-file", help="with --backend onnx: serve this `ssl-zoo export-onnx` file (its metadata "
                    "must match the model) instead of exporting once into the cache")
+    p.add_argument("--index", metavar="DIR", help="also answer POST /search (images in, nearest rows out) from DIR, an "
+                   "`ssl-zoo embed` output indexed by `ssl-zoo index` with this model")
+    p.add_argument("--search-k", type=int, default=10, help="neighbours per image on /search without ?k=")
+    p.add_argument("--max-search-k", type=int, default=100, help="largest ?k= a /search request may ask")
     p.add_argument("--max-batch-size", type=int, default=16, help="requests merged into one model call")
     p.add_argument("--batch-timeout", type=float, default=0.05,
                    help="longest wait, in seconds from its first request, to fill a batch")
@@ -97,7 +101,8 @@ def _build(args: argparse.Namespace, api_key: str | None) -> tuple:
     try:
         server = build_server(args.model, backend=args.backend, max_batch_size=args.max_batch_size,
                               batch_timeout=args.batch_timeout, batch_gap=args.batch_gap, workers=args.workers,
-                              limits=limits, accelerator=args.accelerator, api_key=api_key, onnx_file=args.onnx_file)
+                              limits=limits, accelerator=args.accelerator, api_key=api_key, onnx_file=args.onnx_file,
+                              index=args.index, search_k=args.search_k, max_search_k=args.max_search_k)
     except (ValueError, LookupError, OSError, HashMismatchError) as e:  # a bad model source, file or option
         sys.exit(f"ssl-zoo serve: {e}")
     return server, limits
@@ -167,7 +172,8 @@ def _ready_line(info: dict, args: argparse.Namespace, url: str, keyed: bool) -> 
     if info.get("sha256"):
         source += f", sha256 {info['sha256'][:12]}"
     where = "" if args.host == "127.0.0.1" else f" (listening on all interfaces, {args.host})"
-    routes = ", ".join(f"{m} {url}{p}" for m, p in (("POST", "/embed"), ("POST", "/v1/embeddings"),
+    search = (("POST", "/search"),) if info.get("index") else ()
+    routes = ", ".join(f"{m} {url}{p}" for m, p in (("POST", "/embed"), *search, ("POST", "/v1/embeddings"),
                                                       ("GET", "/v1/models"), ("GET", "/health"), ("GET", "/info")))
     return (f"ssl-zoo serve: ready: {info['model']} ({source}), {info['dim']}-d, backend {info['backend']}, "
             f"{args.workers} worker(s){where}; {routes}" + ("; API key required except on /health" if keyed else ""))

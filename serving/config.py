@@ -29,6 +29,20 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class SearchSettings:
+    """``POST /search``: the indexed embed output it searches, the k a request gets by default, the largest it may ask."""
+
+    directory: str
+    default_k: int = 10
+    max_k: int = 100
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.default_k <= self.max_k:
+            raise ValueError(f"need 1 <= --search-k <= --max-search-k, got --search-k {self.default_k}, "
+                             f"--max-search-k {self.max_k}")
+
+
+@dataclass(frozen=True)
 class ServedModel:
     """The model being served: the name it answers to and its aliases, its output, its provenance."""
 

@@ -1,8 +1,10 @@
-"""The HTTP routes, as a LitServe spec: ``POST /embed``, ``POST /v1/embeddings``, ``GET /v1/models``.
+"""The HTTP routes, as a LitServe spec: ``POST /embed``, ``POST /v1/embeddings``, ``GET /v1/models`` and,
+with an index, ``POST /search``.
 
 Requests are read, limited and decoded in the HTTP process (decoding in a thread), so an inference
 worker only batches, preprocesses and runs the model. Each request is one queue item holding all
-its images, answered within the request deadline (504 after it).
+its images, answered within the request deadline (504 after it). ``/search`` embeds its images the
+same way, then searches the faiss index, which each HTTP process opens on first use (in a thread).
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from fastapi import Request
 from fastapi.responses import Response
 from litserve.specs.base import LitSpec
 
+from zoo.neighbors import NeighborIndex, vote
+
 from .bodies import (BodyBudget, base64_images, check_keys, content_kind, embed_inputs, parse_bool,
                      parse_json_object, request_body)
-from .config import Limits, ServedModel
+from .config import Limits, SearchSettings, ServedModel
 from .decode import BadRequest, decode_image
 from .ipc_transport import WorkerError
 from .litserve_compat import LitAPIStatus, ResponseBufferItem
@@ -29,6 +33,8 @@ OPENAI_FIELDS = ("input", "model", "encoding_format", "dimensions", "user", "nor
 # A stalled body: end the connection. (After a 413 or 429 the rest of the body is read and dropped, so the client
 # can read the answer; closing with unread data would reset the connection and lose it.)
 _CLOSE_AFTER = (408,)
+NO_INDEX = ("this server has no index to search: start it with `ssl-zoo serve MODEL --index DIR` (DIR: an "
+            "`ssl-zoo embed` output indexed by `ssl-zoo index`)")
 
 
 class RequestError(Exception):
@@ -43,14 +49,16 @@ class ImageEmbeddingSpec(LitSpec):
     """Image-embedding routes. LitServe's OpenAIEmbeddingSpec is text-shaped and refuses several inputs
     per request when batching is on, so this spec takes images and batches any number per request."""
 
-    def __init__(self, model: ServedModel, limits: Limits) -> None:
+    def __init__(self, model: ServedModel, limits: Limits, search: SearchSettings | None = None) -> None:
         super().__init__()
         self.api_path = "/embed"
-        self.model, self.limits, self.created = model, limits, int(time.time())
+        self.model, self.limits, self.search_settings, self.created = model, limits, search, int(time.time())
         self.budget = BodyBudget(limits.max_inflight_bytes)  # each forked HTTP process has its own
+        self._index_load: asyncio.Task | None = None  # each HTTP process opens the index on first use
         self.add_endpoint("/embed", self.embed, ["POST"])
         self.add_endpoint("/v1/embeddings", self.openai_embeddings, ["POST"])
         self.add_endpoint("/v1/models", self.openai_models, ["GET"])
+        self.add_endpoint("/search", self.search if search else self.no_search, ["POST"])
 
     async def embed(self, request: Request) -> Response:
         """``POST /embed``: multipart files, a JSON list of base64 images, or one raw image body."""
@@ -63,6 +71,29 @@ class ImageEmbeddingSpec(LitSpec):
         except (BadRequest, RequestError) as e:
             return _error(e.status, {"error": str(e)})
         return _json({"model": self.model.name, "dim": self.model.dim, "embeddings": vectors})
+
+    async def search(self, request: Request) -> Response:
+        """``POST /search``: images as for ``/embed``, ``?k=``; per image its k most similar rows (and k-NN label)."""
+        deadline = time.monotonic() + self.limits.request_timeout
+        try:
+            k = self._search_k(request.query_params.get("k"))
+            async with self._body(request) as body:
+                blobs, normalize = await embed_inputs(request, body, self.limits.max_images)
+                if normalize is not None or "normalize" in request.query_params:
+                    raise BadRequest(400, "normalize does not apply to /search: queries and rows are always "
+                                     "L2-normalised (cosine similarity); remove it")
+                vectors = await self._embed(blobs, True, deadline)
+            index, hits = await self._search(vectors, k, deadline)
+        except (BadRequest, RequestError) as e:
+            return _error(e.status, {"error": str(e)})
+        labelled = bool(index.manifest.get("classes"))
+        results = [{"neighbors": h, **({"label": vote(h)} if labelled else {})} for h in hits]
+        return _json({"model": self.model.name, "k": k, "index": {"rows": len(index), "type": index.info["type"]},
+                      "results": results})
+
+    async def no_search(self, request: Request) -> Response:
+        """``POST /search`` on a server started without ``--index``: 404 saying how to start one with it."""
+        return _error(404, {"error": NO_INDEX})
 
     async def openai_embeddings(self, request: Request) -> Response:
         """``POST /v1/embeddings``, as OpenAI's: ``input`` is base64 images or data URLs."""
@@ -98,6 +129,38 @@ class ImageEmbeddingSpec(LitSpec):
     def _body(self, request: Request):
         """The request body, held against this process's body budget while the request is answered."""
         return request_body(request, self.limits.max_body_bytes, self.limits.body_timeout, self.budget)
+
+    def _search_k(self, raw: str | None) -> int:
+        """The request's ``k``: the server's default when absent, else an integer from 1 to the largest allowed."""
+        settings = self.search_settings
+        if raw is None:
+            return settings.default_k
+        k = int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 10 else 0
+        if not 1 <= k <= settings.max_k:
+            raise BadRequest(400, f"k must be an integer from 1 to {settings.max_k} (the server's --max-search-k), "
+                             f"got {raw!r}: e.g. /search?k={settings.default_k}")
+        return k
+
+    async def _search(self, vectors: np.ndarray, k: int, deadline: float) -> tuple[NeighborIndex, list[list[dict]]]:
+        """The index and the k most similar rows of each vector (in a thread), within the request deadline."""
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                index = await self._index()
+                return index, await asyncio.to_thread(index.search, vectors, k)
+        except TimeoutError:
+            raise RequestError(504, f"the index search did not finish within the request deadline of "
+                               f"{self.limits.request_timeout:g} s; retry later") from None
+
+    async def _index(self) -> NeighborIndex:
+        """The index, opened by this HTTP process's first search (in a thread); concurrent ones wait for that load."""
+        if self._index_load is None:
+            self._index_load = asyncio.ensure_future(asyncio.to_thread(NeighborIndex.load,
+                                                                       self.search_settings.directory))
+        try:
+            return await asyncio.shield(self._index_load)  # the load outlives a request that times out
+        except (OSError, ValueError, RuntimeError) as e:  # the files changed since the server checked them
+            raise RequestError(500, f"internal error: the index in {self.search_settings.directory} could not be "
+                               f"opened ({e}); restart the server with a valid --index") from e
 
     def _check_openai_fields(self, payload: dict) -> str:
         """Refuse a ``model`` other than the one served and a ``dimensions`` other than its own; the encoding."""

@@ -13,7 +13,7 @@ from zoo import Encoder, EncoderConfig
 from zoo.cli import main as cli_main
 from zoo.collection import embed_collection, load_collection
 from zoo.io import write_json
-from zoo.neighbors import NeighborIndex, _vote, build_index
+from zoo.neighbors import NeighborIndex, build_index, vote
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +84,9 @@ def test_predict_and_search_images_use_the_manifests_model(collection):
 def test_vote_is_majority_then_summed_similarity():
     hits = [{"label": "cat", "similarity": 0.9}, {"label": "dog", "similarity": 0.8},
             {"label": "dog", "similarity": 0.7}, {"label": "cat", "similarity": 0.5}, {"label": None, "similarity": 1}]
-    assert _vote(hits) == "dog"  # 2-2 tie; dog's 1.5 beats cat's 1.4
-    assert _vote(hits + [{"label": "cat", "similarity": 0.1}]) == "cat"
-    assert _vote([{"label": None, "similarity": 1.0}]) is None
+    assert vote(hits) == "dog"  # 2-2 tie; dog's 1.5 beats cat's 1.4
+    assert vote(hits + [{"label": "cat", "similarity": 0.1}]) == "cat"
+    assert vote([{"label": None, "similarity": 1.0}]) is None
 
 
 def test_neighbors_command_prints_top_k_and_writes_grid(collection, tmp_path, capsys):

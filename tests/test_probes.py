@@ -161,8 +161,9 @@ def _weighted_knn_reference(tx, ty, vx, k, t, num_classes):
 
 
 def test_weighted_knn_matches_direct_formula(rng):
-    tx, vx = rng.normal(size=(300, 16)).astype(np.float32), rng.normal(size=(40, 16)).astype(np.float32)
-    ty, vy = rng.integers(0, 5, 300), rng.integers(0, 5, 40)
+    # 3000 rows: more blocks than k, so the two-stage top-k runs
+    tx, vx = rng.normal(size=(3000, 16)).astype(np.float32), rng.normal(size=(40, 16)).astype(np.float32)
+    ty, vy = rng.integers(0, 5, 3000), rng.integers(0, 5, 40)
     result = knn_probe(tx, ty, vx, vy, k=50, weighted=True, chunk_size=7)  # default temperature: 0.1
     assert np.array_equal(result.predictions, _weighted_knn_reference(tx, ty, vx, 50, 0.1, 5))
     assert result.protocol.items() >= {"probe": "knn", "k": 50, "weighted": True, "distance": "cosine",

@@ -164,6 +164,38 @@ def test_bundled_files_are_the_offline_fallback_and_are_verified(published, run_
         zoo.load("tiny-byol")
 
 
+def test_a_run_is_bundled_as_a_verified_offline_registry_tag(run_dir, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from zoo import registry
+    from zoo.publish import bundle
+
+    monkeypatch.setattr(registry, "PRETRAINED_DIR", tmp_path / "pretrained")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    _registry(tmp_path, monkeypatch, pending="not trained yet")
+    entry = bundle(run_dir, "tiny-byol.smoke")
+    folder = tmp_path / "pretrained" / "tiny-byol.smoke"
+    assert {p.name for p in folder.iterdir()} == {"model.safetensors", "config.json", "README.md", "train_config.json",
+                                                 "metrics.jsonl", "results.json", "curves.png"}
+    card = (folder / "README.md").read_text()
+    assert 'zoo.load("tiny-byol.smoke")' in card and "ssl-zoo serve tiny-byol.smoke" in card
+    enc = zoo.load("tiny-byol", cache_dir=tmp_path / "empty-cache")  # the default tag, no network
+    assert enc.info["source"] == "bundled:tiny-byol.smoke"
+    assert _state_equal(enc.backbone.state_dict(), load_file(run_dir / "model.safetensors"))
+    check = entry["results"]["check"]
+    assert (check["train_per_class"], check["test_per_class"]) == (500, 100) and 0 < check["knn200"] <= 1
+    assert "pending" not in json.loads((tmp_path / "registry.json").read_text())["tiny-byol"]["tags"]["smoke"]
+    # a run that scores lower does not replace shipped weights, unless forced; a bad name says what to give
+    models = json.loads((tmp_path / "registry.json").read_text())
+    models["tiny-byol"]["tags"]["smoke"]["results"]["knn200"] = 0.99
+    (tmp_path / "registry.json").write_text(json.dumps(models))
+    with pytest.raises(ValueError, match="already ships weights"):
+        bundle(run_dir, "tiny-byol.smoke")
+    assert zoo.load("tiny-byol").info["source"] == "bundled:tiny-byol.smoke"  # untouched
+    with pytest.raises(ValueError, match="NAME.TAG with NAME one of"):
+        bundle(run_dir, "nope.smoke")
+
+
 def test_pending_tags_say_what_is_needed():
     with pytest.raises(zoo.PendingModelError, match="needs a GPU"):
         zoo.load("byol-cifar10.seed")

@@ -117,8 +117,17 @@ def _option_value(method: str, name: str, value: Any, seed_value: Any) -> Any:
 PRESETS: dict[str, dict[str, Any]] = {
     # The notebook: full CIFAR-10, ResNet-18, 50 epochs, batch 256, each method's recipe. Needs a GPU.
     "seed": {},
+    # The zoo's CPU recipe (the `.cpu` registry tags): at most 100 minutes per method on 2 CPU cores, chosen by
+    # benchmarks/cpu_study.py (SGD as lightly's CIFAR-10 benchmarks; SimCLR temperature 0.2: +5.7 points at 3 epochs).
+    "cpu": {"width": 16, "batch_size": 256, "optimizer": "sgd", "lr": 0.12, "weight_decay": 5e-4,
+            "schedule": "step-warmup-cosine", "warmup_epochs": 1, "proj_hidden": 1024, "precision": "bf16",
+            "train_per_class": "all", "eval_train_per_class": 500, "eval_test_per_class": 200,
+            "final_train_per_class": "all", "log_every": 50,
+            "methods": {"simclr": {"epochs": 50, "method_options": {"temperature": 0.2}},
+                        "byol": {"epochs": 40},
+                        "barlowtwins": {"epochs": 50, "proj_out": 1024}}},
     # Proves learning on 2 CPU cores in about 10 minutes per method (benchmarks/presets.py).
-    "cpu": {"width": 16, "train_per_class": 500, "epochs": 15, "batch_size": 128, "proj_hidden": 512,
+    "quick": {"width": 16, "train_per_class": 500, "epochs": 15, "batch_size": 128, "proj_hidden": 512,
             "lr": 2e-3, "weight_decay": 1e-6, "schedule": "step-warmup-cosine", "warmup_epochs": 1,
             "eval_train_per_class": 200, "eval_test_per_class": 50, "final_train_per_class": 1000, "log_every": 10},
     # Under a minute on 2 CPU cores: a complete run directory for tests and quick checks.
@@ -127,6 +136,12 @@ PRESETS: dict[str, dict[str, Any]] = {
               "warmup_epochs": 0, "eval_train_per_class": 20, "eval_test_per_class": 10,
               "final_train_per_class": 50, "log_every": 2},
 }
+
+
+def preset_values(preset: str, method: str) -> dict[str, Any]:
+    """A preset's settings for one method: the common ones, then the method's own (its ``methods`` entry)."""
+    common = {k: v for k, v in PRESETS[preset].items() if k != "methods"}
+    return {**common, **PRESETS[preset].get("methods", {}).get(method, {})}
 
 
 def _parse_bool(text: str) -> bool:
@@ -174,7 +189,13 @@ def _default_text(name: str, default: Any) -> str:
 
     text = (", ".join(f"{m} {show(getattr(method.recipe, name))}" for m, method in METHODS.items())
             if default is None and name in RECIPE_FIELDS else show(default))
-    changed = [f"{preset}: {show(values[name])}" for preset, values in PRESETS.items() if name in values]
+    changed = []
+    for preset in PRESETS:
+        if any(name in preset_values(preset, m) for m in METHODS):
+            per_method = {m: show(preset_values(preset, m).get(name, default)) for m in METHODS}
+            values = set(per_method.values())
+            changed.append(f"{preset}: " + (values.pop() if len(values) == 1 else
+                                             ", ".join(f"{m} {v}" for m, v in per_method.items())))
     return f"default: {text}" + (f"; preset {', '.join(changed)}" if changed else "")
 
 
@@ -228,9 +249,9 @@ def build_config(method: str, preset: str, config_file: str | None, overrides: d
     method's seed recipe fills what is left unset. ``method_options`` merge key by key."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    values: dict[str, Any] = {**PRESETS[preset], "method": method}
+    values: dict[str, Any] = {**preset_values(preset, method), "method": method}
     given = {k: v for k, v in overrides.items() if v is not None}
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = dict(values.pop("method_options", {}))
     for layer in ([_read_config_file(config_file, method)] if config_file else []) + [given]:
         options.update(layer.pop("method_options", None) or {})
         values.update(layer)

@@ -9,28 +9,30 @@ import json
 import sys
 from importlib.metadata import entry_points
 
-import torch
-
 from .io import write_json
-from .probes import BATCH_NORM_MODES, SOLVERS
+from .protocol import BATCH_NORM_MODES, SOLVERS
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``ssl-zoo`` parser with every installed subcommand."""
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The ``ssl-zoo`` parser. Only the subcommand named in ``argv`` is loaded (its module may import
+    torch: ``ssl-zoo serve --help`` need not); with none named, every installed one."""
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="ssl-zoo", description="Self-supervised vision encoders: "
                                      "train, evaluate, publish, load and serve.")
     parser.add_argument("--version", action="version", version=f"ssl-zoo {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for ep in sorted(entry_points(group="ssl_zoo.commands"), key=lambda e: e.name):
-        ep.load()(subparsers)
+    commands = {ep.name: ep for ep in entry_points(group="ssl_zoo.commands")}
+    argv = sys.argv[1:] if argv is None else argv
+    named = next((a for a in argv if not a.startswith("-")), None)
+    for name in [named] if named in commands else [] if argv == ["--version"] else sorted(commands):
+        commands[name].load()(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
     """Run one subcommand (``parser``: default every installed one); expected errors print one line."""
-    args = (parser or build_parser()).parse_args(argv)
+    args = (parser or build_parser(argv)).parse_args(argv)
     try:
         return args.func(args) or 0
     except (ValueError, RuntimeError, OSError, LookupError) as e:
@@ -142,20 +144,32 @@ def _report(model: str, results: dict, json_path: str | None) -> None:
         if key in results:
             print(f"  {100 * results[key]:6.2f} %  {describe_protocol(key, protocol[key])}")
     if json_path:
+        import torch
+
         write_json(json_path, {"model": model, "torch": torch.__version__, **results})
 
 
 def register_publish(subparsers) -> None:
-    p = subparsers.add_parser("publish", help="upload a training run to the Hugging Face Hub in one commit")
+    p = subparsers.add_parser("publish", help="upload a training run to the Hugging Face Hub in one commit, or "
+                              "ship it with the package as a registry tag (--bundle)")
     p.add_argument("run_dir")
-    p.add_argument("--repo", required=True, help="owner/name on the Hub")
-    p.add_argument("--private", action="store_true")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--repo", help="owner/name on the Hub")
+    where.add_argument("--bundle", metavar="NAME.TAG", help="write the repo's files to zoo/pretrained/NAME.TAG and "
+                       "pin them in zoo/registry.json, after re-probing the encoder (a maintainer's step)")
+    p.add_argument("--private", action="store_true", help="with --repo: create the repo private")
+    p.add_argument("--force", action="store_true", help="with --bundle: replace a tag whose weights score higher")
     p.set_defaults(func=_publish)
 
 
 def _publish(args: argparse.Namespace) -> None:
-    from .publish import publish
+    from .publish import bundle, publish
 
+    if args.bundle:
+        entry = bundle(args.run_dir, args.bundle, force=args.force)
+        print(f"{args.bundle}: bundled in zoo/pretrained/{args.bundle}, registry tag updated "
+              f"(weighted k-NN {100 * entry['results']['knn200']:.2f} %)")
+        return
     out = publish(args.run_dir, args.repo, private=args.private)
     print(f"commit {out['commit']}  {out['url']}")
     print("registry entry for zoo/registry.json (name it, e.g. \"<method>-cifar10\"):")

@@ -158,14 +158,18 @@ class NeighborIndex:
             from .sources import load
 
             encoder = load(model["spec"])
-        sha256 = encoder.info.get("sha256")
-        if (model.get("sha256") and sha256 and sha256 != model["sha256"]) or \
-                encoder.feature_dim != self.manifest["feature_dim"]:
-            raise ValueError(f"the query model ({model.get('spec') or 'given'}: weights sha256 {sha256}, "
-                             f"{encoder.feature_dim}-d) is not the one that embedded the collection "
-                             f"({model['sha256']}, {self.manifest['feature_dim']}-d): restore that model or re-embed "
-                             "the collection")
+        self.check_model(encoder.info.get("sha256"), encoder.feature_dim, model.get("spec") or "given")
         return encoder
+
+    def check_model(self, sha256: str | None, feature_dim: int, name: str) -> None:
+        """Refuse a query model (its weights' sha256 when known, its output size) other than the one
+        that embedded the collection."""
+        model, dim = self.manifest["model"], self.manifest["feature_dim"]
+        if (model.get("sha256") and sha256 and sha256 != model["sha256"]) or feature_dim != dim:
+            raise ValueError(f"the query model ({name}: weights sha256 {sha256}, {feature_dim}-d) is not the one "
+                             f"that embedded the collection in {self.directory} ({model.get('spec') or '?'}: "
+                             f"{model.get('sha256')}, {dim}-d): use that model, or re-embed the collection with "
+                             f"this one (`ssl-zoo embed SOURCE --model {name} --out DIR`, then `ssl-zoo index DIR`)")
 
     def embed(self, images: Any) -> np.ndarray:
         """Normalised float32 features of images (paths, bytes, PIL images, arrays) with the collection's model."""
@@ -196,10 +200,11 @@ class NeighborIndex:
         if not self.manifest.get("classes"):
             raise ValueError(f"the collection in {self.directory} has no labels (not an ImageFolder layout): "
                              "nothing to predict")
-        return [_vote(hits) for hits in self.search(vectors, k)]
+        return [vote(hits) for hits in self.search(vectors, k)]
 
 
-def _vote(hits: list[dict[str, Any]]) -> str | None:
+def vote(hits: list[dict[str, Any]]) -> str | None:
+    """The k-NN label of one query's hits: the majority label (ties: larger summed similarity); None if none has one."""
     votes: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
     for hit in hits:
         if hit["label"] is not None:
@@ -276,7 +281,7 @@ def _neighbors(args: argparse.Namespace) -> None:
     vectors = index.embed(list(args.queries))
     results = index.search(vectors, args.k)
     for query, hits in zip(args.queries, results):
-        label = _vote(hits)
+        label = vote(hits)
         print(f"{query}" + (f"  (k-NN label: {label})" if label else ""))
         for rank, hit in enumerate(hits, 1):
             print(f"  {rank:>3}  {hit['similarity']:.4f}  {hit['label'] or '-':<12}  {hit['path']}")

@@ -15,14 +15,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import ImageArrays, load_cifar10, to_float_nchw
+from .protocol import BATCH_NORM_MODES, SOLVERS
 
 ArrayLike = np.ndarray | torch.Tensor
-BATCH_NORM_MODES = ("eval", "batch-stats")
-SOLVERS = ("fast", "sklearn")
 NOTEBOOK_BATCH_SIZE = 256  # the notebook's DataLoader batch: what per-batch BatchNorm statistics depend on
 WEIGHTED_KNN_K, WEIGHTED_KNN_TEMPERATURE = 200, 0.1  # lightly's benchmarks (knn_k=200, knn_t=0.1)
 SKLEARN_TOL = 1e-4  # LogisticRegression's default tol: its L-BFGS stops at max |gradient| <= tol
 _SCORE_BYTES = 1 << 27  # k-NN: test rows per chunk so that one chunk's float32 scores take ~128 MB
+_BLOCK = 32  # k-NN: columns per block of the two-stage top-k
 
 
 @dataclass
@@ -265,13 +265,13 @@ def knn_probe(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     num_classes = int(max(ty.max(), vy.max())) + 1
     chunk = chunk_size or max(1, min(4096, _SCORE_BYTES // (4 * len(tx))))
-    tx, vx = tx.contiguous(), vx.contiguous()
     nearest = None if weighted else _Nearest(tx)
+    cosine = _scorer(tx, torch.zeros(len(tx)), pad=-torch.finfo().max) if weighted else None
     preds = []
     for start in tqdm(range(0, len(vx), chunk), desc=f"k-NN (k={k})", disable=not progress, leave=False):
         q = vx[start:start + chunk]
         if weighted:
-            sim, idx = _matmul_t(q, tx).topk(k, dim=1)
+            sim, idx = _top(_score(q, cosine), k, largest=True)
             votes = torch.exp(sim / temperature)
         else:
             idx = nearest(q, k)
@@ -294,7 +294,7 @@ class _Nearest:
     equidistant rows the lowest indices.
 
     One float32 matmul scores every train row, ``|t|^2 - 2 q.t`` (``[q, 1] . [-2t, |t|^2]``), and
-    Higham's bound ``gamma_(D+2) (2 |q| |t| + |t|^2)`` on its rounding error ``e`` sorts each
+    Higham's bound ``gamma_(D+3) (2 |q| |t| + |t|^2)`` on its rounding error ``e`` sorts each
     shortlisted row into: surely among the k nearest (score below the k-th score - 2e), surely
     not (above the k-th + 2e), or in the band between, decided by exact float64 distances. Only
     the band is re-ranked (usually one to three rows); a shortlist that ends inside the band grows.
@@ -302,9 +302,9 @@ class _Nearest:
 
     def __init__(self, train: torch.Tensor) -> None:
         self.train = train
-        sq = (train.double() ** 2).sum(1)
-        self.scorer = torch.cat([train * -2, sq.float()[:, None]], 1).numpy()
-        unit = 2.0 ** -24 * (train.shape[1] + 2)
+        sq = (train * train).sum(1, dtype=torch.float64)
+        self.scorer = _scorer(train * -2, sq.float(), pad=torch.finfo().max)
+        unit = 2.0 ** -24 * (train.shape[1] + 3)  # the matmul's D + 1 terms, |t|^2's products and rounding
         self.gamma, self.t_max = 1.01 * unit / (1 - unit), float(sq.max().sqrt())
 
     def __call__(self, q: torch.Tensor, k: int) -> torch.Tensor:
@@ -312,12 +312,12 @@ class _Nearest:
         n = len(self.train)
         if k == n:
             return torch.arange(n).expand(len(q), n)
-        scores = _matmul_t(torch.cat([q, torch.ones(len(q), 1)], 1), self.scorer)
+        scores = _score(q, self.scorer)
         err = self.gamma * (2 * q.norm(dim=1).double() * self.t_max + self.t_max ** 2)
         out = torch.empty(len(q), k, dtype=torch.long)
         rows, m = torch.arange(len(q)), min(n, k + 16)
         while len(rows):
-            vals, cand = (scores if len(rows) == len(q) else scores[rows]).topk(m, dim=1, largest=False)
+            vals, cand = _top(scores if len(rows) == len(q) else scores[rows], m)
             vals, e = vals.double(), err[rows, None]
             kth = vals[:, k - 1:k]
             sure, band = vals < kth - 2 * e, (vals >= kth - 2 * e) & (vals <= kth + 2 * e)
@@ -332,10 +332,31 @@ class _Nearest:
         return out
 
 
-def _matmul_t(a: torch.Tensor, b: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """``a @ b.T`` of float32 CPU tensors (or arrays) through numpy's BLAS (OpenBLAS): torch's MKL
-    sgemm runs at ~0.5x its speed on AMD CPUs (measured here on an EPYC; on par elsewhere)."""
-    return torch.from_numpy(a.numpy() @ np.asarray(b).T)
+def _top(scores: torch.Tensor, m: int, *, largest: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``scores.topk(m, dim=1, largest=largest)`` (sorted), for rows of a multiple of ``_BLOCK``
+    columns: a row's m best lie in the m blocks with the best extremes, so one cheap min (max)
+    pass and two small top-k's replace a top-k over every column (3x faster; ``topk`` alone took
+    as long as the k-NN matmul)."""
+    blocks = scores.view(len(scores), -1, _BLOCK)
+    if m >= blocks.shape[1]:
+        return scores.topk(m, dim=1, largest=largest)
+    extremes = blocks.amax(2) if largest else blocks.amin(2)
+    columns = (extremes.topk(m, dim=1, largest=largest).indices[:, :, None] * _BLOCK + torch.arange(_BLOCK)).flatten(1)
+    vals, at = scores.gather(1, columns).topk(m, dim=1, largest=largest)
+    return vals, columns.gather(1, at)
+
+
+def _scorer(weights: torch.Tensor, offsets: torch.Tensor, *, pad: float) -> np.ndarray:
+    """Rows ``[w, offset]`` for ``_score``, padded to a multiple of ``_BLOCK`` rows ``[0, pad]`` (a
+    score no top-k picks), so that scores split into blocks for ``_top``."""
+    padding = F.pad(torch.zeros(-len(weights) % _BLOCK, weights.shape[1]), (0, 1), value=pad)
+    return torch.cat([torch.cat([weights, offsets[:, None]], 1), padding]).numpy()
+
+
+def _score(q: torch.Tensor, scorer: np.ndarray) -> torch.Tensor:
+    """``q . w + offset`` for every scorer row ``[w, offset]``: one float32 matmul through numpy's
+    BLAS (OpenBLAS; torch's MKL sgemm runs at ~0.5x its speed on AMD CPUs, on par elsewhere)."""
+    return torch.from_numpy(torch.cat([q, torch.ones(len(q), 1)], 1).numpy() @ scorer.T)
 
 
 def linear_probe(
@@ -345,9 +366,9 @@ def linear_probe(
     """Multinomial logistic regression on frozen features, L2 penalty ``1 / C`` (sklearn's objective).
 
     ``solver="sklearn"``: the notebook's ``LogisticRegression(max_iter=1000)``.
-    ``solver="fast"``: the same objective minimised by L-BFGS in torch in whitened coordinates,
-    stopping at sklearn's gradient tolerance (1e-4); within 0.3 points of sklearn and >= 5x
-    faster on every feature set of ``benchmarks/probes.py``. ``normalize``: L2-normalise the
+    ``solver="fast"``: the same objective, minimised by the same L-BFGS-B (scipy) with sklearn's
+    stopping rule, but in preconditioned coordinates (``_fast_logistic``): within 0.3 points of
+    sklearn and several times faster on every feature set of ``benchmarks/probes.py``. ``normalize``: L2-normalise the
     features first (the notebook's protocol for trained models).
     """
     if solver not in SOLVERS:
@@ -373,15 +394,17 @@ def linear_probe(
 
 def _fast_logistic(tx: torch.Tensor, ty: torch.Tensor, vx: torch.Tensor, num_classes: int, C: float,
                    max_iter: int) -> torch.Tensor:
-    # sklearn's objective, mean(CE(x W + b)) + |W|^2 / (2 C N), minimised by sklearn's own solver
-    # (scipy's L-BFGS-B, stopping by sklearn's rule on the raw gradient) over W = P V with P^T A P = I, A = c Cov(x) + I / (C N): the
-    # data term's Hessian is about c Cov(x) (c = 0.3 measured best of 0.03-2 on benchmarks/probes.py's sets) and the
-    # penalty's I / (C N), so in V the Hessian is about the identity on raw and normalised features
-    # alike and L-BFGS needs ~15-60 steps instead of sklearn's 80-1000. The penalty is taken on W
-    # itself, so the minimiser is sklearn's; P only needs to be roughly right (a covariance of ~8k
-    # rows, a Cholesky factor). Loss and gradient are written out in numpy, whose BLAS (OpenBLAS)
-    # runs the two N x D x K products several times faster than autograd's MKL calls on AMD CPUs.
+    # sklearn's objective, mean(CE(x W + b)) + |W|^2 / (2 C N), by sklearn's own solver (scipy's
+    # L-BFGS-B, stopped by sklearn's rule on the raw gradient), over W = P V with P^T A P = I and
+    # A = c Cov(x) + I / (C N). The data term's Hessian is about c Cov(x) (c = 0.3: the best of
+    # 0.03-2 on benchmarks/probes.py's sets) and the penalty's I / (C N), so in V the Hessian is
+    # near the identity on raw and normalised features alike: 12-60 steps instead of sklearn's
+    # 80-1000. The penalty is on W itself, so the minimiser is sklearn's; P only needs to be
+    # roughly right (covariance of ~8k rows, Cholesky). Loss and gradient are written out in numpy:
+    # its OpenBLAS runs the two N x D x K products several times faster than autograd's MKL calls
+    # on AMD CPUs.
     from scipy.optimize import minimize
+    from threadpoolctl import threadpool_limits
 
     x, y, n, dim = tx.numpy(), ty.numpy(), len(tx), tx.shape[1]
     mean = x.mean(0)
@@ -420,8 +443,11 @@ def _fast_logistic(tx: torch.Tensor, ty: torch.Tensor, vx: torch.Tensor, num_cla
         if last["converged"] and np.array_equal(last["theta"], theta):
             raise StopIteration
 
-    fit = minimize(loss_and_grad, np.zeros(dim * num_classes + num_classes), jac=True, method="L-BFGS-B",
-                   callback=stop_where_sklearn_would,
-                   options={"maxiter": max_iter, "gtol": 0, "ftol": 64 * np.finfo(float).eps, "maxls": 50})
+    # One BLAS thread: the skinny N x D x K products and L-BFGS-B's vector updates lose more to
+    # thread hand-offs than they gain (measured 1.2-4x faster than two threads on 2 cores).
+    with threadpool_limits(1, user_api="blas"):
+        fit = minimize(loss_and_grad, np.zeros(dim * num_classes + num_classes), jac=True, method="L-BFGS-B",
+                       callback=stop_where_sklearn_would,
+                       options={"maxiter": max_iter, "gtol": 0, "ftol": 64 * np.finfo(float).eps, "maxls": 50})
     w, b = weights(fit.x)
     return torch.from_numpy((vx.numpy() @ w + b).argmax(1))

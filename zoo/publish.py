@@ -1,9 +1,12 @@
-"""Publish a training run directory to the Hugging Face Hub: one commit, with its model card and provenance."""
+"""Publish a training run directory as a Hub-shaped model (weights, config, card, provenance): to the
+Hugging Face Hub in one commit (``publish``), or into the package as a bundled registry tag (``bundle``)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -14,12 +17,14 @@ from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, Mo
 from huggingface_hub.errors import HfHubHTTPError
 
 from .hub import endpoint
-from .io import sha256_file
+from .io import sha256_file, write_json
 from .model import CONFIG_NAME, WEIGHTS_NAME, Encoder, read_config
+from . import registry
 
 TEMPLATE = resources.files("model_cards") / "template.md"
 PROBE_NAMES = {"knn5": "k-NN accuracy (k=5)", "knn200": "weighted k-NN accuracy (k=200)", "linear": "linear probe accuracy"}
 PROVENANCE_FILES = ("train_config.json", "metrics.jsonl", "results.json", "curves.png")
+CHECK_PER_CLASS = (500, 100)  # train / test images per class of a bundled tag's quick re-check
 LOCAL_KEYS = ("data", "device")  # machine-local settings: never published
 
 
@@ -53,8 +58,9 @@ def describe_protocol(name: str, protocol: dict[str, Any]) -> str:
     return f"{PROBE_NAMES.get(name, name)}: " + ", ".join(parts)
 
 
-def render_card(run_dir: str | os.PathLike, repo_id: str) -> ModelCard:
-    """The model card (README.md) for a run, from ``model_cards/template.md``."""
+def render_card(run_dir: str | os.PathLike, repo_id: str, load_name: str | None = None) -> ModelCard:
+    """The model card (README.md) for a run, from ``model_cards/template.md``; ``load_name``: what the
+    card tells users to load (default ``hf-hub:REPO_ID``)."""
     run_dir = Path(run_dir)
     info = _run_info(run_dir)
     config, _ = read_config(run_dir)
@@ -73,7 +79,7 @@ def render_card(run_dir: str | os.PathLike, repo_id: str) -> ModelCard:
     training = public_training_config(info["training"])
     return ModelCard.from_template(
         card_data, template_path=str(TEMPLATE), model_name=repo_id.split("/")[-1], repo_id=repo_id,
-        method=method, method_title=info.get("method_title", method), epochs=info["epochs"], results=results,
+        load_name=load_name or f"hf-hub:{repo_id}", method=method, method_title=info.get("method_title", method), epochs=info["epochs"], results=results,
         probes=probes, training=training, training_json=json.dumps(training, indent=2), config=config,
         feature_dim=feature_dim, provenance=info.get("provenance", {}),
         has_curves=(run_dir / "curves.png").is_file())
@@ -89,7 +95,6 @@ def publish(run_dir: str | os.PathLike, repo_id: str, *, private: bool = False, 
     if not token:
         raise PermissionError("no Hugging Face token: set HF_TOKEN or run `hf auth login` before publishing "
                               "(nothing was uploaded)")
-    card = render_card(run_dir, repo_id)
     api = HfApi(token=token)
     try:
         if api.repo_exists(repo_id):
@@ -99,10 +104,7 @@ def publish(run_dir: str | os.PathLike, repo_id: str, *, private: bool = False, 
                                       "(nothing was uploaded)")
         else:
             api.create_repo(repo_id, private=private)
-        operations = [CommitOperationAdd(name, run_dir / name) for name in (WEIGHTS_NAME, CONFIG_NAME)]
-        operations += [CommitOperationAdd(name, _public_file(run_dir, name)) for name in PROVENANCE_FILES
-                       if (run_dir / name).is_file()]
-        operations.append(CommitOperationAdd("README.md", str(card).encode()))
+        operations = [CommitOperationAdd(name, data) for name, data in repo_files(run_dir, repo_id).items()]
         commit = api.create_commit(repo_id, operations, commit_message=f"Publish {info['method']} encoder "
                                    f"({info['epochs']} epochs)")
     except PermissionError:
@@ -112,11 +114,83 @@ def publish(run_dir: str | os.PathLike, repo_id: str, *, private: bool = False, 
     except (OSError, httpx2.HTTPError) as e:  # httpx2: huggingface_hub's HTTP client
         raise ConnectionError(f"cannot reach the Hub ({endpoint()}) to publish {repo_id} ({e.__class__.__name__}: "
                               f"{e}); check the network or HF_ENDPOINT (nothing was uploaded)") from e
-    entry = {"repo_id": repo_id, "revision": commit.oid, "encoder": read_config(run_dir)[0].to_dict(),
-             "sha256": {name: sha256_file(run_dir / name) for name in (CONFIG_NAME, WEIGHTS_NAME)},
-             "epochs": info["epochs"], "results": {k: v for k, v in info["results"].items() if k in PROBE_NAMES},
-             "protocol": info["results"].get("protocol", {}), "compute": info.get("provenance", {}).get("compute")}
+    entry = {"repo_id": repo_id, "revision": commit.oid, **registry_entry(run_dir)}
     return {"commit": commit.oid, "url": commit.commit_url, "registry_entry": entry}
+
+
+def repo_files(run_dir: str | os.PathLike, repo_id: str, load_name: str | None = None) -> dict[str, Path | bytes]:
+    """Every file of the run's model repo by name: weights, config, provenance files, the card."""
+    run_dir = Path(run_dir)
+    _run_info(run_dir)
+    files: dict[str, Path | bytes] = {name: run_dir / name for name in (WEIGHTS_NAME, CONFIG_NAME)}
+    files |= {name: _public_file(run_dir, name) for name in PROVENANCE_FILES if (run_dir / name).is_file()}
+    files["README.md"] = str(render_card(run_dir, repo_id, load_name)).encode()
+    return files
+
+
+def registry_entry(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """A registry tag's description of a run: encoder config, file pins, epochs, results and protocol, compute."""
+    run_dir = Path(run_dir)
+    info = _run_info(run_dir)
+    return {"encoder": read_config(run_dir)[0].to_dict(),
+            "sha256": {name: sha256_file(run_dir / name) for name in (CONFIG_NAME, WEIGHTS_NAME)},
+            "epochs": info["epochs"], "results": {k: v for k, v in info["results"].items() if k in PROBE_NAMES},
+            "protocol": info["results"].get("protocol", {}), "compute": info.get("provenance", {}).get("compute")}
+
+
+def bundle(run_dir: str | os.PathLike, name_tag: str, *, force: bool = False) -> dict[str, Any]:
+    """Ship a run with the package as registry tag ``NAME.TAG``: the files ``publish`` would upload go to
+    ``zoo/pretrained/NAME.TAG/`` and the tag in the registry (``registry_file()``) points at them,
+    pinned by sha256, with a re-check on a reduced bank (``_reprobe``).
+    A tag that already has weights with a higher weighted k-NN is kept unless ``force``."""
+    name, _, tag = name_tag.partition(".")
+    registry_path = registry.registry_file()
+    models = json.loads(registry_path.read_text())
+    if name not in models or not tag:
+        raise ValueError(f"{name_tag!r}: give NAME.TAG with NAME one of {sorted(models)} (add the model to "
+                         f"{registry_path} first)")
+    entry = registry_entry(run_dir)
+    old = models[name]["tags"].get(tag, {})
+    if not force and old.get("results", {}).get("knn200", -1) > entry["results"].get("knn200", 0):
+        raise ValueError(f"{name_tag} already ships weights with weighted k-NN {old['results']['knn200']:.4f} > "
+                         f"{entry['results'].get('knn200', 0):.4f} of {run_dir}: nothing changed (force=True / "
+                         "--force replaces them)")
+    entry["results"]["check"] = _reprobe(run_dir, entry["results"])
+    target = registry.PRETRAINED_DIR / name_tag
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name_tag}.", dir=target.parent))
+    try:
+        for filename, data in repo_files(run_dir, f"ssl-zoo/{name}", load_name=name_tag).items():
+            if isinstance(data, Path):
+                shutil.copyfile(data, staging / filename)
+            else:
+                (staging / filename).write_bytes(data)
+        if any(sha256_file(staging / f) != h for f, h in entry["sha256"].items()):
+            raise RuntimeError(f"{run_dir} changed while it was being copied: bundle it again")
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    models[name]["tags"][tag] = {"bundled": name_tag, **entry}
+    write_json(registry_path, models)
+    return models[name]["tags"][tag]
+
+
+def _reprobe(run_dir: str | os.PathLike, results: dict[str, Any]) -> dict[str, Any]:
+    """Re-measure the run's exported encoder as ``ssl-zoo probe`` would: refuse it unless that gives
+    the run's own numbers; its numbers on a reduced bank (``CHECK_PER_CLASS``) for the test suite."""
+    from .probes import probe
+
+    encoder = Encoder.from_pretrained(str(Path(run_dir).resolve()))
+    bank = results["protocol"]["knn5"]["train_images"]
+    again = probe(encoder, train_per_class=bank // 10 if bank < 50_000 else None, progress=False)
+    if differ := [k for k in PROBE_NAMES if k in results and again[k] != results[k]]:
+        raise ValueError(f"`ssl-zoo probe {run_dir}` gives {[again[k] for k in differ]} for {differ}, the run says "
+                         f"{[results[k] for k in differ]}: not shipped (re-export the run with --re-export)")
+    train, test = CHECK_PER_CLASS
+    check = probe(encoder, train_per_class=train, test_per_class=test, progress=False)
+    return {"train_per_class": train, "test_per_class": test, **{k: check[k] for k in PROBE_NAMES}}
 
 
 def _public_file(run_dir: Path, name: str) -> bytes:

@@ -53,9 +53,14 @@ class Entry:
         return PRETRAINED_DIR / self.spec["bundled"] if self.spec.get("bundled") else None
 
 
+def registry_file() -> Path:
+    """The registry in use: ``$SSL_ZOO_REGISTRY``, else ``registry.json`` beside this file."""
+    return Path(os.environ.get("SSL_ZOO_REGISTRY", DEFAULT_REGISTRY))
+
+
 def registry() -> dict[str, dict[str, Any]]:
     """All models by name, each with ``default_tag`` and ``tags``."""
-    path = Path(os.environ.get("SSL_ZOO_REGISTRY", DEFAULT_REGISTRY))
+    path = registry_file()
     try:
         models = json.loads(path.read_text())
     except (OSError, ValueError) as e:
