@@ -1,8 +1,8 @@
 """The three CPU presets and the random-init control, in one run, same evaluation protocol.
 
-    python benchmarks/presets.py [--preset cpu]
+    python benchmarks/presets.py [--preset quick]
 
-Each method trains with ``ssl-zoo train <method> --preset cpu``; the control is the same
+Each method trains with ``ssl-zoo train <method> --preset quick``; the control is the same
 architecture (width-16 CIFAR ResNet-18) at random init. All are probed identically: k-NN (k=5),
 weighted k-NN (k=200, T=0.07, cosine) and the linear probe, train bank of the preset's
 ``final_train_per_class`` images per class, the full 10,000-image test set.
@@ -25,7 +25,7 @@ from zoo.probes import evaluate
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--preset", default="quick")
     args = parser.parse_args()
     rows = []
     control_cfg = build_config("simclr", args.preset, None, {})

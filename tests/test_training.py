@@ -170,8 +170,10 @@ def test_a_cpu_run_of_the_gpu_recipe_warns_with_an_estimate(tmp_path, monkeypatc
     assert cpu_minutes(bf16) == pytest.approx(cpu_minutes(seed) / 3)
     warning = cpu_duration_warning(seed)
     assert warning.startswith("warning: ") and f"about {cpu_minutes(seed) / 60:.0f} hours" in warning
-    assert "--preset cpu (about" in warning and "--preset smoke" in warning
-    assert cpu_duration_warning(build_config("simclr", "cpu", None, {})) is None
+    assert "--preset cpu (the zoo's CPU recipe, about" in warning and "--preset quick (about" in warning
+    for method in ("simclr", "byol", "barlowtwins"):  # the CPU recipe fits its 100-minute budget
+        assert cpu_minutes(build_config(method, "cpu", None, {})) < 100
+        assert cpu_duration_warning(build_config(method, "cpu", None, {})) is None
     assert cpu_duration_warning(build_config("byol", "smoke", None, {})) is None
 
     class Stop(Exception):
@@ -196,7 +198,7 @@ def test_python_m_training_runs_without_the_installed_entry_points(tmp_path):
                             timeout=TIMEOUT)
     assert helped.returncode == 0, helped.stderr[-3000:]
     text = " ".join(helped.stdout.split())
-    assert "training epochs (default: 50; preset cpu: 15, smoke: 2)" in text
+    assert "training epochs (default: 50; preset cpu: simclr 50, byol 40, barlowtwins 50, quick: 15, smoke: 2)" in text
     assert "auto|cpu|cuda|cuda:N" in text and "--re-export" in text
     failed = subprocess.run([sys.executable, "-c", code, "train", "byol", "--out", str(tmp_path / "none"), "--resume"],
                             capture_output=True, text=True, env=env, timeout=TIMEOUT)

@@ -13,7 +13,7 @@ from .config import TrainConfig, build_config
 CPU_VIEWS_PER_S = {16: 950.0, 32: 340.0, 64: 100.0}
 FP32_SLOWDOWN = 3.0  # fp32 (--precision auto on a CPU) against bf16 on the same CPU
 EVAL_COST = 1 / 3  # an evaluated image (forward only) against a trained view (forward and backward)
-WARN_MINUTES = 30.0
+WARN_MINUTES = 120.0  # above the `cpu` preset's ~100 minutes: a run meant for a GPU
 CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS = 10, 5000, 1000  # CIFAR-10
 
 
@@ -44,11 +44,12 @@ def cpu_duration_warning(cfg: TrainConfig) -> str | None:
     minutes = cpu_minutes(cfg)
     if minutes <= WARN_MINUTES:
         return None
-    cpu_preset = cpu_minutes(build_config(cfg.method, "cpu", None, {}))
+    cpu_preset, quick = (cpu_minutes(build_config(cfg.method, preset, None, {})) for preset in ("cpu", "quick"))
     bf16 = cfg.precision == "bf16"
     faster = "" if bf16 else f"; --precision bf16: about {_duration(minutes / FP32_SLOWDOWN)} on CPUs with AMX"
     return (f"warning: this run ({cfg.epochs} epochs of {_images(cfg.train_per_class):,} images, width {cfg.width}, "
             f"{'bf16' if bf16 else 'fp32'}) would take about {_duration(minutes)} on a 2-core CPU (estimated from "
             f"measured throughput{faster}). Runs this long, like the default preset `seed`, are for a GPU: on a CPU "
-            f"use --preset cpu (about {_duration(cpu_preset)}) or --preset smoke (under a minute). Starting anyway; "
+            f"use --preset cpu (the zoo's CPU recipe, about {_duration(cpu_preset)}), --preset quick (about "
+            f"{_duration(quick)}) or --preset smoke (under a minute). Starting anyway; "
             f"stop it with Ctrl-C.")
