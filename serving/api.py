@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from fastapi import Request
@@ -29,8 +29,11 @@ from .onnx_export import cached_export, check_metadata, model_metadata
 from .routes import ImageEmbeddingSpec
 from .worker import HEALTH_PATH, EncoderAPI, Unauthorized
 
+if TYPE_CHECKING:
+    from zoo.sources import Resolved
 
-def served_model(model: str, resolved, backend: str) -> ServedModel:
+
+def served_model(model: str, resolved: Resolved, backend: str) -> ServedModel:
     """What ``model`` (as spelled on the command line) serves, read from its resolved files without building it."""
     with torch.device("meta"):  # the output size without allocating or initialising weights
         dim = zoo.Encoder(resolved.config).feature_dim

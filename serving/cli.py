@@ -10,12 +10,13 @@ import threading
 import urllib.error
 import urllib.request
 
+from zoo.cli import Command
+
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")
 
 
-def register_serve(subparsers) -> None:
-    """Add ``ssl-zoo serve``."""
-    p = subparsers.add_parser("serve", help="serve a zoo encoder over HTTP (LitServe)")
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    """``ssl-zoo serve``'s arguments."""
     p.add_argument("model", help="registry name, hf-hub:owner/name[@revision], or a local path (./dir, /abs/dir)")
     p.add_argument("--host", default="127.0.0.1", choices=HOSTS, help="127.0.0.1 (this machine), or all interfaces")
     p.add_argument("--port", type=_port, default=8000)
@@ -179,9 +180,8 @@ def _ready_line(info: dict, args: argparse.Namespace, url: str, keyed: bool) -> 
             f"{args.workers} worker(s){where}; {routes}" + ("; API key required except on /health" if keyed else ""))
 
 
-def register_export(subparsers) -> None:
-    """Add ``ssl-zoo export-onnx``."""
-    p = subparsers.add_parser("export-onnx", help="export a zoo encoder to ONNX and verify it against torch")
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    """``ssl-zoo export-onnx``'s arguments."""
     p.add_argument("model", help="registry name, hf-hub:owner/name[@revision], or a local path")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--data", help="CIFAR-10 root for the parity check (default: as everywhere else)")
@@ -201,3 +201,10 @@ def _export(args: argparse.Namespace) -> None:
           f"onnx.checker passed; max |torch - onnxruntime| on {len(images)} CIFAR-10 test images: {diff:.2e}")
     if diff >= 1e-4:
         raise RuntimeError(f"ONNX parity check failed: max abs diff {diff:.2e} >= 1e-4")
+
+
+COMMANDS = {
+    "serve": Command("serve a zoo encoder over HTTP (LitServe): /embed, OpenAI's /v1/embeddings, /search with --index",
+                     "serving.cli:add_serve_arguments"),
+    "export-onnx": Command("export a zoo encoder to ONNX and verify it against torch", "serving.cli:add_export_arguments"),
+}

@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -16,13 +16,19 @@ from torch import nn
 from zoo.data import default_cache_dir
 from zoo.io import atomic_write
 
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
+    from zoo.encoders import EncoderConfig
+    from zoo.sources import Resolved
+
 OPSET = 18
 _PREFIX = "ssl_zoo."
 # Keys that must agree for a file to be served as a model; the weights by sha256 when they have one.
 _MUST_MATCH = ("input_size", "mean", "std", "feature_dim")
 
 
-def model_metadata(config, provenance: dict[str, Any], feature_dim: int) -> dict[str, str]:
+def model_metadata(config: EncoderConfig, provenance: dict[str, Any], feature_dim: int) -> dict[str, str]:
     """What an exported file records about its model: preprocessing, output size and which weights."""
     return {"input_size": str(config.input_size), "mean": json.dumps(config.mean), "std": json.dumps(config.std),
             "feature_dim": str(feature_dim), "model": str(provenance.get("name") or provenance.get("source") or ""),
@@ -69,7 +75,7 @@ def check_metadata(path: str | os.PathLike, expected: dict[str, str]) -> None:
                          "`ssl-zoo export-onnx MODEL -o FILE`")
 
 
-def cached_export(resolved, feature_dim: int) -> Path:
+def cached_export(resolved: Resolved, feature_dim: int) -> Path:
     """The ONNX file of a resolved model (``zoo.fetch``), exported once per set of weights, torch version
     and opset into ``$SSL_ZOO_CACHE/onnx`` (a stale or foreign file there is exported again)."""
     expected = model_metadata(resolved.config, resolved.provenance, feature_dim)
@@ -87,7 +93,7 @@ def cached_export(resolved, feature_dim: int) -> Path:
     return export_onnx(resolved.load("cpu"), path)
 
 
-def onnx_session(path: str | os.PathLike, threads: int | None = None):
+def onnx_session(path: str | os.PathLike, threads: int | None = None) -> ort.InferenceSession:
     """An onnxruntime CPU session with all graph optimisations and ``threads`` intra-op threads."""
     import onnxruntime as ort
 
@@ -98,7 +104,7 @@ def onnx_session(path: str | os.PathLike, threads: int | None = None):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def max_abs_diff(encoder: nn.Module, session, images: torch.Tensor) -> float:
+def max_abs_diff(encoder: nn.Module, session: ort.InferenceSession, images: torch.Tensor) -> float:
     """Largest |torch - onnxruntime| over the features of ``images`` (float N, 3, S, S)."""
     with torch.inference_mode():
         expected = encoder.eval()(images).numpy()

@@ -18,7 +18,8 @@ os.environ.setdefault("SSL_ZOO_CACHE", str(REPO / ".pytest_cache" / "ssl-zoo"))
 os.environ.setdefault("SSL_ZOO_DATA", str(CIFAR10_JPEG))
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on loopback now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -26,7 +27,7 @@ def _free_port() -> int:
 
 # The Hub the tests talk to is tests/hub_server.py on loopback; huggingface_hub reads these
 # at import, so they are set before anything imports it. No test reaches huggingface.co.
-HUB_PORT = _free_port()
+HUB_PORT = free_port()
 os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{HUB_PORT}"
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="ssl-zoo-hf-home-")
 os.environ["HF_HUB_DISABLE_XET"] = "1"
@@ -81,3 +82,12 @@ def hub_server(tmp_path_factory):
     server = HubServer(tmp_path_factory.mktemp("hub"), port=HUB_PORT).start()
     yield server
     server.stop()
+
+
+def tiny_model_dir(tmp_path_factory, width: int):
+    """A random-init (seed 0) CIFAR ResNet-18 of ``width`` saved as a model folder."""
+    import zoo
+
+    torch.manual_seed(0)
+    return zoo.Encoder(zoo.EncoderConfig("resnet18_cifar", {"width": width})).save_pretrained(
+        tmp_path_factory.mktemp(f"model-w{width}"))

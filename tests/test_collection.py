@@ -5,7 +5,6 @@ import io
 import json
 import os
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -19,17 +18,15 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import CIFAR10_JPEG, REPO, needs_cifar10
+from conftest import CIFAR10_JPEG, REPO, free_port, needs_cifar10, tiny_model_dir
 from zoo import DatasetError, Encoder, EncoderConfig
 from zoo.cli import main as cli_main
 from zoo.collection import embed_collection, list_images, load_collection, read_manifest
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    """A tiny width-8 CIFAR ResNet-18 saved as a model folder."""
-    torch.manual_seed(0)
-    return Encoder(EncoderConfig("resnet18_cifar", {"width": 8})).save_pretrained(tmp_path_factory.mktemp("w8"))
+def model_dir(tmp_path_factory):
+    return tiny_model_dir(tmp_path_factory, width=8)
 
 
 @pytest.fixture(scope="module")
@@ -180,10 +177,7 @@ def test_torchrun_two_processes_equal_one_process(model_dir, train_list, tmp_pat
     source.write_text("\n".join(lines))
     single, multi = tmp_path / "single", tmp_path / "multi"
     embed_collection(source, model_dir, single, shard_size=20, workers=0, progress=False)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            *_embed_cmd(source, model_dir, multi, "--shard-size", "20", "--workers", "0")[1:]]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,7 +1,6 @@
 """DistributedDataParallel on CPU (gloo, 2 processes): the loss and gradients on the global
 batch equal the single-process ones on the same batch, for all three methods and both view modes."""
 
-import socket
 import subprocess
 import sys
 
@@ -12,18 +11,12 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
 
-from conftest import needs_cifar10
+from conftest import free_port, needs_cifar10
 from training.distributed import convert_batchnorm
 from training.methods import METHODS
 from zoo import build_encoder
 
 WORLD = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _method(name: str, views: str) -> torch.nn.Module:
@@ -63,7 +56,7 @@ CASES = [(name, method.recipe.views) for name, method in METHODS.items()] + [("b
 @pytest.mark.parametrize("name, views", CASES)
 def test_ddp_loss_and_gradients_equal_single_process(name, views, tmp_path):
     out = str(tmp_path / "ddp.safetensors")
-    mp.spawn(_worker, args=(name, views, _free_port(), out), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(name, views, free_port(), out), nprocs=WORLD, join=True)
     ddp = load_file(out)
     single = _method(name, views)
     loss = single(_views())
@@ -82,7 +75,7 @@ def test_torchrun_smoke_run_writes_one_run_directory(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-         str(_free_port()), "-m", "training", "train", "barlowtwins", "--preset", "smoke", "--epochs", "1",
+         str(free_port()), "-m", "training", "train", "barlowtwins", "--preset", "smoke", "--epochs", "1",
          "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("barlowtwins epoch 1/1") == 1  # only rank 0 reports and writes

@@ -7,7 +7,6 @@ import io
 import os
 import re
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -23,7 +22,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import zoo
-from conftest import CIFAR10_JPEG, needs_cifar10
+from conftest import CIFAR10_JPEG, free_port, needs_cifar10, tiny_model_dir
 from serving.api import build_server
 from serving.decode import BadRequest, ImageLimits, decode_image
 from serving.onnx_export import max_abs_diff, onnx_session, read_metadata
@@ -31,12 +30,6 @@ from serving.onnx_export import max_abs_diff, onnx_session, read_metadata
 pytestmark = needs_cifar10
 JPEGS = [CIFAR10_JPEG / "test" / c / "0007.jpg" for c in ("cat", "ship", "frog", "truck")]
 SMALL_LIMITS = ImageLimits(max_pixels=400_000)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServerProcess:
@@ -73,9 +66,7 @@ class ServerProcess:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    config = zoo.EncoderConfig("resnet18_cifar", {"width": 8})
-    return zoo.Encoder(config).save_pretrained(tmp_path_factory.mktemp("model"))
+    return tiny_model_dir(tmp_path_factory, width=8)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import zoo
-from conftest import needs_cifar10
+from conftest import needs_cifar10, tiny_model_dir
 from test_serving import JPEGS, ServerProcess
 
 pytestmark = needs_cifar10
@@ -23,9 +23,7 @@ pytestmark = needs_cifar10
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    return zoo.Encoder(zoo.EncoderConfig("resnet18_cifar", {"width": 4})).save_pretrained(
-        tmp_path_factory.mktemp("model"))
+    return tiny_model_dir(tmp_path_factory, width=4)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import zoo
-from conftest import needs_cifar10
+from conftest import needs_cifar10, tiny_model_dir
 from serving.auth import read_api_key
 from test_serving import JPEGS, ServerProcess
 
@@ -20,9 +20,7 @@ KEY = "s3cret-key"
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    return zoo.Encoder(zoo.EncoderConfig("resnet18_cifar", {"width": 8})).save_pretrained(
-        tmp_path_factory.mktemp("model"))
+    return tiny_model_dir(tmp_path_factory, width=8)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import torch
 from starlette.testclient import TestClient
 
 import zoo
-from conftest import CIFAR10_JPEG, needs_cifar10
+from conftest import CIFAR10_JPEG, needs_cifar10, tiny_model_dir
 from serving import routes
 from serving.api import build_server, served_model
 from serving.config import Limits, SearchSettings
@@ -27,9 +27,7 @@ MAX_K = 12
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    return zoo.Encoder(zoo.EncoderConfig("resnet18_cifar", {"width": 4})).save_pretrained(
-        tmp_path_factory.mktemp("model"))
+    return tiny_model_dir(tmp_path_factory, width=4)
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from conftest import CIFAR10_JPEG, REPO, needs_cifar10
 from training import loop
 from training.augment import BatchAugment
 from training.checkpoint import load_checkpoint
-from training.cli import register
+from training.cli import COMMANDS
 from training.config import TrainConfig, add_config_arguments, build_config, overrides_from_args
 from training.estimate import cpu_duration_warning, cpu_minutes
 from training.loop import TrainingDiverged, build_method, train
@@ -208,7 +208,7 @@ def test_python_m_training_runs_without_the_installed_entry_points(tmp_path):
 
 def test_every_train_flag_shows_a_description_and_its_default():
     subparsers = argparse.ArgumentParser().add_subparsers()
-    register(subparsers)
+    COMMANDS["train"].add_to(subparsers, "train")
     help_text = subparsers.choices["train"].format_help()
     entries = re.split(r"\n  (?=--)", help_text.split("hyperparameters (override preset and config file):")[1])[1:]
     flags = {entry.split()[0]: " ".join(entry.split()) for entry in entries}
@@ -323,7 +323,7 @@ class Toy(SSLMethod):
 def test_a_fourth_method_is_one_class_and_one_table_line(monkeypatch):
     monkeypatch.setitem(METHODS, "toy", Toy)  # the one table line
     parser = argparse.ArgumentParser()
-    register(parser.add_subparsers())  # `ssl-zoo train`: the method and its --scale flag come from METHODS
+    COMMANDS["train"].add_to(parser.add_subparsers(), "train")  # `ssl-zoo train`: the method and its --scale flag come from METHODS
     args = parser.parse_args(["train", "toy", "--preset", "smoke", "--out", "unused", "--scale", "2"])
     cfg = build_config(args.method, args.preset, None, overrides_from_args(args))
     assert (cfg.lr, cfg.schedule, cfg.method_options) == (2e-3, "step-warmup-cosine", {"scale": 2.0})

@@ -5,13 +5,13 @@ import argparse
 
 from zoo import cli
 
-from .cli import register
+from .cli import COMMANDS
 
 
 def build_parser() -> argparse.ArgumentParser:
     """A parser with training's own ``train`` subcommand."""
     parser = argparse.ArgumentParser(prog="python -m training", description="Train self-supervised encoders.")
-    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    COMMANDS["train"].add_to(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"), "train")
     return parser
 
 

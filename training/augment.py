@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    import torchvision.transforms as T
 
 _GRAY = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
 
@@ -37,7 +41,8 @@ def _uniform(n: int, low: float, high: float, g: torch.Generator, device) -> tor
     return torch.rand(n, generator=g, device=device) * (high - low) + low
 
 
-def crop_boxes(n: int, height: int, width: int, cfg: AugmentConfig, g: torch.Generator, device) -> torch.Tensor:
+def crop_boxes(n: int, height: int, width: int, cfg: AugmentConfig, g: torch.Generator,
+               device: torch.device | str) -> torch.Tensor:
     """Per-sample ``(top, left, h, w)`` with torchvision RandomResizedCrop.get_params's law:
     up to 10 tries of (area, log-ratio), the first that fits wins, else the whole image."""
     area = height * width
@@ -69,6 +74,7 @@ def resized_crop_flip(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, 
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601 luma of a float (N, 3, H, W) batch, as (N, 1, H, W) (torchvision's rgb_to_grayscale)."""
     r, g, b = x.unbind(1)
     return (_GRAY[0] * r + _GRAY[1] * g + _GRAY[2] * b).unsqueeze(1)
 
@@ -183,7 +189,7 @@ class BatchAugment:
         return gaussian_blur3(x, torch.where(blurred, sigma, torch.zeros_like(sigma)))
 
 
-def seed_pil_pipeline():
+def seed_pil_pipeline() -> T.Compose:
     """The seed notebook's per-sample torchvision/PIL pipeline: the reference that BatchAugment
     reproduces, used by the tests and benchmarks for comparison."""
     from torchvision import transforms as T

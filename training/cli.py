@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import argparse
 
-from .config import PRESETS, add_config_arguments, build_config, overrides_from_args
-from .methods import METHODS
+from zoo.cli import Command
 
 
-def register(subparsers) -> None:
-    """Add the ``train`` subcommand (methods and flags from ``METHODS`` and ``TrainConfig``)."""
-    titles = ", ".join(m.title for m in METHODS.values())
-    p = subparsers.add_parser("train", help=f"train {titles} on CIFAR-10",
-                              description="Train a self-supervised ResNet-18 on CIFAR-10. Flags override the "
-                              "preset and the --config file. Works under torchrun for several processes.")
-    p.add_argument("method", choices=list(METHODS), help="the self-supervised method")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """``ssl-zoo train``'s arguments: methods and flags from ``METHODS`` and ``TrainConfig``."""
+    from .config import PRESETS, add_config_arguments
+    from .methods import METHODS
+
+    p.add_argument("method", choices=list(METHODS), help="the self-supervised method: " +
+                   ", ".join(f"{name} ({m.title})" for name, m in METHODS.items()))
     p.add_argument("--preset", choices=sorted(PRESETS), default="seed",
                    help="seed (default): the notebook's recipe, full-width ResNet-18, 50 epochs on all of CIFAR-10, "
-                   "for a GPU (days on a CPU: it warns); cpu: width 16, 5,000 images, 15 epochs, about 10-15 min on "
-                   "2 CPU cores; smoke: a complete run directory in under a minute")
+                   "for a GPU (days on a CPU: it warns); cpu: the zoo's CPU recipe (width 16, all of CIFAR-10, at "
+                   "most 100 minutes per method on 2 CPU cores); quick: width 16, 5,000 images, 15 epochs, about "
+                   "10-15 min on 2 CPU cores; smoke: a complete run directory in under a minute")
     p.add_argument("--out", required=True, help="run directory (config, metrics, curves, checkpoint, encoder); "
                    "one that already holds a run needs --resume")
     p.add_argument("--config", help="JSON file of hyperparameters (keys: TrainConfig fields, e.g. a run's "
@@ -33,7 +33,16 @@ def register(subparsers) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from .config import build_config, overrides_from_args
     from .loop import train
 
     train(build_config(args.method, args.preset, args.config, overrides_from_args(args)), args.out,
           resume=args.resume, re_export=args.re_export)
+
+
+COMMANDS = {
+    "train": Command("train a self-supervised encoder (SimCLR, BYOL or Barlow Twins) on CIFAR-10",
+                     "training.cli:add_arguments",
+                     description="Train a self-supervised ResNet-18 on CIFAR-10. Flags override the preset and the "
+                     "--config file. Works under torchrun for several processes."),
+}

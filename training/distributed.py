@@ -22,6 +22,7 @@ class DistEnv:
 
     @property
     def is_main(self) -> bool:
+        """Rank 0: the process that writes files and prints."""
         return self.rank == 0
 
 

@@ -5,28 +5,48 @@ without ``zoo`` importing them."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 
 from .io import write_json
 from .protocol import BATCH_NORM_MODES, SOLVERS
 
 
+@dataclass(frozen=True)
+class Command:
+    """One ``ssl-zoo`` subcommand: its help line, and ``arguments`` (``"module:function"``) that adds its
+    arguments to its parser. Packages list theirs in a ``COMMANDS`` dict that the ``ssl_zoo.commands``
+    entry points name; ``arguments`` is imported only for the command being run, so ``ssl-zoo --help``
+    imports no command's dependencies (torch among them)."""
+
+    help: str
+    arguments: str
+    description: str | None = None
+
+    def add_to(self, subparsers: argparse._SubParsersAction, name: str, *, arguments: bool = True) -> None:
+        """Add the command's parser; with ``arguments``, import and add its arguments too."""
+        parser = subparsers.add_parser(name, help=self.help, description=self.description or self.help)
+        if arguments:
+            module, _, function = self.arguments.partition(":")
+            getattr(importlib.import_module(module), function)(parser)
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    """The ``ssl-zoo`` parser. Only the subcommand named in ``argv`` is loaded (its module may import
-    torch: ``ssl-zoo serve --help`` need not); with none named, every installed one."""
+    """The ``ssl-zoo`` parser: every installed subcommand, with the arguments of the one named in
+    ``argv`` only (the others' modules are not imported)."""
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="ssl-zoo", description="Self-supervised vision encoders: "
                                      "train, evaluate, publish, load and serve.")
     parser.add_argument("--version", action="version", version=f"ssl-zoo {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands = {ep.name: ep for ep in entry_points(group="ssl_zoo.commands")}
     argv = sys.argv[1:] if argv is None else argv
     named = next((a for a in argv if not a.startswith("-")), None)
-    for name in [named] if named in commands else [] if argv == ["--version"] else sorted(commands):
-        commands[name].load()(subparsers)
+    for ep in sorted(entry_points(group="ssl_zoo.commands"), key=lambda e: e.name):
+        ep.load()[ep.name].add_to(subparsers, ep.name, arguments=ep.name == named)
     return parser
 
 
@@ -44,9 +64,8 @@ BASELINE = "random-init-resnet18"
 PROBE_KEYS = ("knn5", "knn200", "linear")
 
 
-def register_baseline(subparsers) -> None:
-    p = subparsers.add_parser("baseline", help="the notebook's section 2: random-init ResNet-18, k-NN (k=5) and "
-                              "linear probe on raw CIFAR-10 features")
+def add_baseline_arguments(p: argparse.ArgumentParser) -> None:
+    """``ssl-zoo baseline``'s arguments."""
     p.add_argument("--data", help="CIFAR-10 root (default: $SSL_ZOO_DATA, ../shared copy, or download)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation (and, with --bn "
                    "batch-stats, of the batches' shuffle)")
@@ -76,8 +95,8 @@ def _baseline(args: argparse.Namespace) -> None:
     _report(f"random-init ResNet-18 (torchvision, seed {args.seed})", results, args.json)
 
 
-def register_list(subparsers) -> None:
-    p = subparsers.add_parser("list", help="the registry's named models, their results and protocol")
+def add_list_arguments(p: argparse.ArgumentParser) -> None:
+    """``ssl-zoo list``'s arguments."""
     p.add_argument("pattern", nargs="?", help="shell-style filter on name.tag, e.g. 'byol*'")
     p.set_defaults(func=_list)
 
@@ -88,8 +107,9 @@ def _list(args: argparse.Namespace) -> None:
     def pct(x):
         return f"{100 * x:.2f}" if x is not None else "-"
 
-    print(f"{'name':<30} {'method':<12} {'k-NN %':>7} {'wk-NN %':>7} {'linear %':>8}  {'features':<8} "
-          f"{'solver':<7} {'train/test':<12} {'numbers from':<16} files")
+    print(f"{'name':<28} {'method':<12} {'architecture':<22} {'epochs':>6} {'compute':<24} {'k-NN %':>7} "
+          f"{'wk-NN %':>7} {'linear %':>8}  {'features':<8} {'solver':<7} {'train/test':<12} {'numbers from':<14} "
+          "files")
     for row in list_models(args.pattern):
         results, protocol = row["results"], row["protocol"]
         first = next(iter(protocol.values()), {})
@@ -97,13 +117,18 @@ def _list(args: argparse.Namespace) -> None:
         features = "-" if normalized is None else "L2-norm" if normalized else "raw"
         images = f"{first['train_images']}/{first['test_images']}" if "train_images" in first else "-"
         origin = ("-" if not results else "ssl-zoo probe" if row["source"] == "built locally" else "training run")
-        print(f"{row['name']:<30} {row['method'] or '-':<12} {pct(results.get('knn5')):>7} "
-              f"{pct(results.get('knn200')):>7} {pct(results.get('linear')):>8}  {features:<8} "
-              f"{protocol.get('linear', {}).get('solver', '-'):<7} {images:<12} {origin:<16} {row['source']}")
+        architecture = (f"{row['architecture']}" + (f" w{row['width']}" if row["width"] else "")
+                        if row["architecture"] else "-")
+        compute = (f"{row['compute']['device']} {row['compute']['minutes']:.0f} min" if row["compute"] else "-")
+        epochs = "-" if row["epochs"] is None else row["epochs"]
+        print(f"{row['name']:<28} {row['method'] or '-':<12} {architecture:<22} {epochs:>6} {compute:<24} "
+              f"{pct(results.get('knn5')):>7} {pct(results.get('knn200')):>7} {pct(results.get('linear')):>8}  "
+              f"{features:<8} {protocol.get('linear', {}).get('solver', '-'):<7} {images:<12} {origin:<14} "
+              f"{row['source']}")
 
 
-def register_probe(subparsers) -> None:
-    p = subparsers.add_parser("probe", help="k-NN and linear probes of a model on CIFAR-10 (the model-card protocol)")
+def add_probe_arguments(p: argparse.ArgumentParser) -> None:
+    """``ssl-zoo probe``'s arguments."""
     p.add_argument("model", help="registry name[.tag], hf-hub:owner/name[@revision] or a local directory")
     p.add_argument("--knn", action="store_true", help="k-NN probes only (with --linear: both; default: both)")
     p.add_argument("--linear", action="store_true", help="linear probe only (with --knn: both)")
@@ -149,9 +174,8 @@ def _report(model: str, results: dict, json_path: str | None) -> None:
         write_json(json_path, {"model": model, "torch": torch.__version__, **results})
 
 
-def register_publish(subparsers) -> None:
-    p = subparsers.add_parser("publish", help="upload a training run to the Hugging Face Hub in one commit, or "
-                              "ship it with the package as a registry tag (--bundle)")
+def add_publish_arguments(p: argparse.ArgumentParser) -> None:
+    """``ssl-zoo publish``'s arguments."""
     p.add_argument("run_dir")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--repo", help="owner/name on the Hub")
@@ -174,3 +198,20 @@ def _publish(args: argparse.Namespace) -> None:
     print(f"commit {out['commit']}  {out['url']}")
     print("registry entry for zoo/registry.json (name it, e.g. \"<method>-cifar10\"):")
     print(json.dumps(out["registry_entry"], indent=2))
+
+
+COMMANDS = {
+    "baseline": Command("the notebook's section 2: random-init ResNet-18, k-NN (k=5) and linear probe on raw "
+                        "CIFAR-10 features", "zoo.cli:add_baseline_arguments"),
+    "list": Command("the registry's named models, their results and protocol", "zoo.cli:add_list_arguments"),
+    "probe": Command("k-NN and linear probes of a model on CIFAR-10 (the model-card protocol)",
+                     "zoo.cli:add_probe_arguments"),
+    "publish": Command("upload a training run to the Hugging Face Hub in one commit, or ship it with the package "
+                       "as a registry tag (--bundle)", "zoo.cli:add_publish_arguments"),
+    "embed": Command("embed a folder, a list of paths or a CIFAR-10 split into shards on disk (resumable; splits "
+                     "over torchrun ranks)", "zoo.collection:add_arguments"),
+    "index": Command("build a faiss nearest-neighbour index over an `ssl-zoo embed` output",
+                     "zoo.neighbors:add_index_arguments"),
+    "neighbors": Command("the nearest images of an indexed collection to query images",
+                         "zoo.neighbors:add_neighbors_arguments"),
+}

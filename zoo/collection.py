@@ -502,7 +502,8 @@ def load_collection(directory: str | os.PathLike, *, verify: bool = True) -> tup
     return embeddings, require("pyarrow").concat_tables([t for _, t in shards])
 
 
-def _add_arguments(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """``ssl-zoo embed``'s arguments (also ``python -m zoo.collection``'s)."""
     p.add_argument("source", help=f"a folder of images (recursive; ImageFolder sub-folders give labels), a text file "
                    f"of image paths (one per line) or {SPLIT_PREFIX}train / {SPLIT_PREFIX}test")
     p.add_argument("--model", required=True, help="registry name, hf-hub:owner/repo[@rev] or a model folder")
@@ -528,17 +529,10 @@ def _run(args: argparse.Namespace) -> None:
               f"{len(manifest['shards'])} shards, {manifest['failures']} failed files -> {args.out}")
 
 
-def register(subparsers) -> None:
-    """``ssl-zoo embed``."""
-    p = subparsers.add_parser("embed", help="embed a folder, a list of paths or a CIFAR-10 split into shards on "
-                              "disk (resumable; splits over torchrun ranks)")
-    _add_arguments(p)
-
-
 def main(argv: list[str] | None = None) -> int:
     """``python -m zoo.collection`` (what torchrun runs): ``ssl-zoo embed`` without the other commands."""
     parser = argparse.ArgumentParser(prog="python -m zoo.collection", description="ssl-zoo embed")
-    _add_arguments(parser)
+    add_arguments(parser)
     args = parser.parse_args(argv)
     try:
         args.func(args)

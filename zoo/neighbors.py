@@ -244,9 +244,8 @@ def _tile(image: str | os.PathLike | Image.Image, size: int) -> Image.Image:
         return Image.new("RGB", (size, size), (160, 160, 160))
 
 
-def register_index(subparsers) -> None:
-    """``ssl-zoo index``."""
-    p = subparsers.add_parser("index", help="build a faiss nearest-neighbour index over an `ssl-zoo embed` output")
+def add_index_arguments(p: argparse.ArgumentParser) -> None:
+    """``ssl-zoo index``'s arguments."""
     p.add_argument("directory", help="the embed output folder (index.faiss and index.json are written there)")
     p.add_argument("--type", dest="kind", choices=["auto", "flat", "ivf"], default="auto",
                    help=f"flat: exact; ivf: approximate; auto: flat up to {FLAT_MAX_ROWS} rows (default)")
@@ -262,9 +261,8 @@ def _index(args: argparse.Namespace) -> None:
           f"{Path(args.directory) / INDEX_FILE}")
 
 
-def register_neighbors(subparsers) -> None:
-    """``ssl-zoo neighbors``."""
-    p = subparsers.add_parser("neighbors", help="the nearest images of an indexed collection to query images")
+def add_neighbors_arguments(p: argparse.ArgumentParser) -> None:
+    """``ssl-zoo neighbors``'s arguments."""
     p.add_argument("queries", nargs="+", metavar="QUERY_IMAGE")
     p.add_argument("--index", required=True, help="an embed output folder indexed by `ssl-zoo index`")
     p.add_argument("-k", type=int, default=10, help="neighbours per query (default %(default)s)")

@@ -155,7 +155,7 @@ def bundle(run_dir: str | os.PathLike, name_tag: str, *, force: bool = False) ->
         raise ValueError(f"{name_tag} already ships weights with weighted k-NN {old['results']['knn200']:.4f} > "
                          f"{entry['results'].get('knn200', 0):.4f} of {run_dir}: nothing changed (force=True / "
                          "--force replaces them)")
-    entry["results"]["check"] = _reprobe(run_dir, entry["results"])
+    entry["results"]["check"] = _reprobe(run_dir, entry["results"], entry["protocol"])
     target = registry.PRETRAINED_DIR / name_tag
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name_tag}.", dir=target.parent))
@@ -177,13 +177,13 @@ def bundle(run_dir: str | os.PathLike, name_tag: str, *, force: bool = False) ->
     return models[name]["tags"][tag]
 
 
-def _reprobe(run_dir: str | os.PathLike, results: dict[str, Any]) -> dict[str, Any]:
+def _reprobe(run_dir: str | os.PathLike, results: dict[str, Any], protocol: dict[str, Any]) -> dict[str, Any]:
     """Re-measure the run's exported encoder as ``ssl-zoo probe`` would: refuse it unless that gives
     the run's own numbers; its numbers on a reduced bank (``CHECK_PER_CLASS``) for the test suite."""
     from .probes import probe
 
     encoder = Encoder.from_pretrained(str(Path(run_dir).resolve()))
-    bank = results["protocol"]["knn5"]["train_images"]
+    bank = protocol["knn5"]["train_images"]
     again = probe(encoder, train_per_class=bank // 10 if bank < 50_000 else None, progress=False)
     if differ := [k for k in PROBE_NAMES if k in results and again[k] != results[k]]:
         raise ValueError(f"`ssl-zoo probe {run_dir}` gives {[again[k] for k in differ]} for {differ}, the run says "
