@@ -84,6 +84,7 @@ def test_the_published_config_has_provenance_and_no_local_paths(smoke_run):
     assert "data" not in info["training"] and "device" not in info["training"] and info["training"]["width"] == 8
     prov = info["provenance"]
     assert prov["command"] == f"python -m training train simclr --preset smoke --out {smoke_run}"  # no local path
+    assert prov["later"] == []  # started once, never resumed
     if (REPO / ".git").exists():
         head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
         assert prov["git_commit"] == head.stdout.strip() and isinstance(prov["git_dirty"], bool)
@@ -245,6 +246,11 @@ def test_resume_after_a_kill_gives_the_same_weights(tmp_path):
     for i, m in enumerate(metrics):
         assert m["wall_seconds"] >= sum(r["seconds"] for r in metrics[:i + 1])
         assert m["cpu_seconds"] > (metrics[i - 1]["cpu_seconds"] if i else 0)
+    # the card names the command and code that started the run, then the resume
+    prov = json.loads((killed / "config.json").read_text())["provenance"]
+    assert prov["command"].endswith(f"--out {killed}") and "--resume" not in prov["command"]
+    assert [(r["action"], r["epoch"]) for r in prov["later"]] == [("resume", done)]
+    assert prov["later"][0]["command"].endswith("--resume") and prov["later"][0]["git_commit"] == prov["git_commit"]
     changed = subprocess.run(_cli(*args, "--out", str(killed), "--resume", "--lr", "0.1"), capture_output=True, text=True)
     assert changed.returncode == 2 and "configuration differs" in changed.stderr
 

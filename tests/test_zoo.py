@@ -16,14 +16,16 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import zoo
-from conftest import needs_cifar10
+from conftest import CIFAR10_JPEG, needs_cifar10
 from training.config import build_config
 from training.loop import train
 from zoo.hub import HashMismatchError
+from zoo.registry import PRETRAINED_DIR
 from zoo.publish import publish, render_card
 
 pytestmark = needs_cifar10
 REPO = "tester/tiny-byol"
+JPEG = CIFAR10_JPEG / "test" / "cat" / "0000.jpg"
 
 
 @pytest.fixture(scope="module")
@@ -194,6 +196,21 @@ def test_a_run_is_bundled_as_a_verified_offline_registry_tag(run_dir, tmp_path, 
     assert zoo.load("tiny-byol").info["source"] == "bundled:tiny-byol.smoke"  # untouched
     with pytest.raises(ValueError, match="NAME.TAG with NAME one of"):
         bundle(run_dir, "nope.smoke")
+
+
+@pytest.mark.parametrize("name", [row["name"] for row in zoo.list_models() if row["source"].startswith("bundled")])
+def test_every_bundled_encoder_loads_verified_with_no_network_and_no_cache(name, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    row = next(r for r in zoo.list_models() if r["name"] == name)
+    enc = zoo.load(name, cache_dir=tmp_path / "empty-cache")
+    assert enc.info["source"] == f"bundled:{name}" and not list(tmp_path.iterdir())  # nothing fetched or cached
+    assert enc.feature_dim == enc.embed([JPEG]).shape[1] and not enc.training
+    assert (row["architecture"], row["width"]) == (enc.config.architecture, enc.config.kwargs.get("width"))
+    card = (PRETRAINED_DIR / name / "README.md").read_text()
+    for key in ("knn5", "knn200", "linear"):  # the card states the registry's numbers
+        assert f"{100 * row['results'][key]:.2f} %" in card
 
 
 def test_pending_tags_say_what_is_needed():

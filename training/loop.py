@@ -27,7 +27,7 @@ from .distributed import all_reduce_sum, convert_batchnorm, init_distributed
 from .estimate import cpu_duration_warning
 from .methods import METHODS, SSLMethod
 from .optim import build_optimizer, lr_at
-from .provenance import run_provenance
+from .provenance import LAUNCHES, launch_record, read_launches, run_provenance
 
 CHECKPOINT = "checkpoint.safetensors"
 EXPORT_FILES = ("results.json", WEIGHTS_NAME, CONFIG_NAME)  # the final evaluation and export, config.json last
@@ -117,6 +117,9 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, re_export: bo
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "train_config.json", asdict(cfg))
         _write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+        action = "re-export" if re_export else "resume" if resume else "start"
+        launches = (read_launches(out) if resume else []) + [launch_record(action, len(history), _local_flags())]
+        _write_text(out / LAUNCHES, "".join(json.dumps(r) + "\n" for r in launches))
     augment, autocast = BatchAugment(), torch.autocast(dev.type, torch.bfloat16, enabled=bf16)
     first_loss = history[0]["loss"] if history else None
 
@@ -178,7 +181,7 @@ def _subset(data: ImageArrays, per_class: int | None) -> ImageArrays:
 def _finish(cfg, method, encoder_config, train_set, test_set, history, out: Path, env) -> dict[str, Any]:
     if not env.is_main:
         return {}
-    from zoo.publish import LOCAL_KEYS, public_training_config  # huggingface_hub: imported only when a run ends
+    from zoo.publish import public_training_config  # huggingface_hub: imported only when a run ends
 
     _keep_previous_export(out)
     bank = _subset(train_set, cfg.final_train_per_class)
@@ -189,7 +192,7 @@ def _finish(cfg, method, encoder_config, train_set, test_set, history, out: Path
     write_json(out / "results.json", results)
     info = {"method": cfg.method, "method_title": method.title, "dataset": "cifar10", "epochs": cfg.epochs,
             "results": results, "training": public_training_config(asdict(cfg)),
-            "provenance": run_provenance(history, env.device, env.world_size, tuple(f"--{k}" for k in LOCAL_KEYS)),
+            "provenance": run_provenance(history, env.device, env.world_size, read_launches(out)),
             "ssl_zoo_version": zoo.__version__}
     Encoder(encoder_config, method.encoder.to(memory_format=torch.contiguous_format)).save_pretrained(out, info=info)
     print(f"{cfg.method}: k-NN (k=5) {100 * results['knn5']:.2f} %, weighted k-NN (k=200) "
@@ -259,6 +262,13 @@ def _check_loss(value: float, first: float, epoch: int, step: int, out: Path) ->
         raise TrainingDiverged(
             f"loss {value} at epoch {epoch + 1}, step {step} (first logged loss {first:.4g}): training diverged. "
             f"The last good checkpoint (if any) is kept in {out / CHECKPOINT}; lower --lr or raise --warmup-epochs.")
+
+
+def _local_flags() -> tuple[str, ...]:
+    """Flags whose values are machine-local (data path, device): left out of recorded commands."""
+    from zoo.publish import LOCAL_KEYS  # huggingface_hub: imported only when needed
+
+    return tuple(f"--{k}" for k in LOCAL_KEYS)
 
 
 def _write_text(path: Path, text: str) -> None:

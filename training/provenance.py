@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import platform
+import json
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -61,14 +63,34 @@ def device_name(device: torch.device) -> str:
     return f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
 
 
-def run_provenance(history: list[dict[str, Any]], device: torch.device, processes: int,
-                   local_flags: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The card's provenance block for a run whose per-epoch records are ``history``, its command
-    without ``local_flags``; ``compute`` (device, training minutes) is what a registry entry copies."""
+LAUNCHES = "launches.jsonl"  # in the run directory: one record per process that trained or exported the run
+
+
+def launch_record(action: str, epoch: int, local_flags: tuple[str, ...] = ()) -> dict[str, Any]:
+    """This process's ``action`` (start, resume, re-export) at ``epoch``: its command (without
+    ``local_flags``), code (commit, dirty) and start time."""
     commit, dirty = git_state()
+    return {"action": action, "epoch": epoch, "command": command_line(local_flags=local_flags), "git_commit": commit,
+            "git_dirty": dirty, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def read_launches(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's launch records, first (the one that started it) first; empty for runs from before them."""
+    path = run_dir / LAUNCHES
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def run_provenance(history: list[dict[str, Any]], device: torch.device, processes: int,
+                   launches: list[dict[str, Any]]) -> dict[str, Any]:
+    """The card's provenance block for a run whose per-epoch records are ``history``: the command and
+    code that started it (``launches[0]``), then each later launch's action (resume, re-export), epoch,
+    command and code; ``compute`` (device, training minutes) is what a registry entry copies."""
+    first, later = launches[0], launches[1:]
     wall_minutes = sum(r["seconds"] for r in history) / 60
     name = device_name(device)
-    return {"command": command_line(local_flags=local_flags), "git_commit": commit, "git_dirty": dirty, "torch": torch.__version__,
+    return {"command": first["command"], "git_commit": first["git_commit"], "git_dirty": first["git_dirty"],
+            "later": [{k: r[k] for k in ("action", "epoch", "command", "git_commit", "git_dirty")} for r in later],
+            "torch": torch.__version__,
             "device": name, "cpu": cpu_model(), "cores": os.cpu_count(), "processes": processes,
             "wall_minutes": round(wall_minutes, 2), "cpu_minutes": round(history[-1]["cpu_seconds"] / 60, 2),
             "compute": {"device": name, "minutes": round(wall_minutes, 2)}}
