@@ -108,7 +108,8 @@ def main() -> None:
             if name in names:
                 run_config(name, method, overrides, args.runs)
     outs = {name: args.runs / name for name, _, _ in CONFIGS}
-    outs |= {f"{method} --preset cpu (full run)": args.zoo_runs / f"{method}-cifar10.cpu" for method in METHODS}
+    outs |= {f"{method} --preset cpu (full run)": args.zoo_runs / f"{method}-cifar10.cpu" for method in METHODS
+             if (args.zoo_runs / f"{method}-cifar10.cpu" / "results.json").is_file()}  # finished ones only
     rows = summarise(outs)
     if not rows:
         return print("no finished study runs yet")

@@ -386,7 +386,8 @@ def linear_probe(
         implementation = f"sklearn.linear_model.LogisticRegression(C={C}, max_iter={max_iter}) (lbfgs)"
     else:
         pred = _fast_logistic(tx, ty, vx, num_classes, C, max_iter)
-        implementation = "zoo.linear_probe: LogisticRegression's objective and stopping rule, scipy L-BFGS-B in preconditioned coordinates"
+        implementation = ("zoo.linear_probe: LogisticRegression's objective and stopping rule, scipy L-BFGS-B in "
+                          "preconditioned coordinates")
     protocol = {"probe": "linear", "solver": solver, "C": C, "max_iter": max_iter, "tol": SKLEARN_TOL,
                 "features_normalized": normalize, "implementation": implementation}
     return _result(pred, vy, num_classes, protocol)

@@ -159,6 +159,9 @@ def bundle(run_dir: str | os.PathLike, name_tag: str, *, force: bool = False) ->
     target = registry.PRETRAINED_DIR / name_tag
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name_tag}.", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes 0700; a package folder is readable like any other
     try:
         for filename, data in repo_files(run_dir, f"ssl-zoo/{name}", load_name=name_tag).items():
             if isinstance(data, Path):
