@@ -118,7 +118,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The notebook: full CIFAR-10, ResNet-18, 50 epochs, batch 256, each method's recipe. Needs a GPU.
     "seed": {},
     # The zoo's CPU recipe (the `.cpu` registry tags): at most 100 minutes per method on 2 CPU cores, chosen by
-    # benchmarks/cpu_study.py (SGD as lightly's CIFAR-10 benchmarks; SimCLR temperature 0.2: +5.7 points at 3 epochs).
+    # benchmarks/cpu_study.py (SGD as lightly's CIFAR-10 benchmarks; SimCLR temperature 0.2: +4.2 points at 3 epochs).
     "cpu": {"width": 16, "batch_size": 256, "optimizer": "sgd", "lr": 0.12, "weight_decay": 5e-4,
             "schedule": "step-warmup-cosine", "warmup_epochs": 1, "proj_hidden": 1024, "precision": "bf16",
             "train_per_class": "all", "eval_train_per_class": 500, "eval_test_per_class": 200,

@@ -1,5 +1,5 @@
-"""The ``ssl-zoo`` command. Subcommands are entry points in the ``ssl_zoo.commands`` group:
-each is a ``register(subparsers)`` function, so ``training`` and ``serving`` add theirs
+"""The ``ssl-zoo`` command. Subcommands are entry points in the ``ssl_zoo.commands`` group, each
+naming a package's ``COMMANDS`` dict of ``Command`` specs, so ``training`` and ``serving`` add theirs
 without ``zoo`` importing them."""
 
 from __future__ import annotations
