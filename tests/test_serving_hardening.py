@@ -87,18 +87,24 @@ def test_a_header_over_the_limit_gets_431_and_the_connection_is_closed(server):
 
 
 def test_slow_headers_are_cut_off(server):
+    start = time.monotonic()
     with _connect(server) as sock:
         sock.sendall(b"GET /health HTTP/1.1\r\nX-Slow: ")
         for _ in range(40):  # a byte every 0.25 s would take 10 s; the header deadline is 2 s
-            time.sleep(0.25)
-            if select.select([sock], [], [], 0)[0]:
+            if select.select([sock], [], [], 0.25)[0]:  # the server answered: stop sending
                 break
             try:
                 sock.sendall(b"a")
             except OSError:
                 break
-        answer = _read_all(sock)
-    assert answer.startswith(b"HTTP/1.1 408")
+        try:
+            answer = _read_all(sock)
+        except ConnectionResetError:  # a byte sent just as the server closed: the reset can drop its 408
+            answer = None
+    if answer is None:
+        assert 2 <= time.monotonic() - start < 10  # cut off at the header deadline all the same
+    else:
+        assert answer.startswith(b"HTTP/1.1 408")
 
 
 def test_an_idle_connection_is_closed(server):
