@@ -3,7 +3,7 @@
     nice -n 10 python benchmarks/probes.py [--trained RUN_DIR]
 
 Feature sets: the random-init torchvision ResNet-18 (the notebook's baseline) and a briefly trained
-encoder (default ``~/ssl-zoo-runs/probe-bench-simclr``, made by ``ssl-zoo train simclr --preset cpu
+encoder (default ``~/ssl-zoo-runs/probe-bench-simclr``, made by ``ssl-zoo train simclr --preset quick
 --epochs 5 --out ~/ssl-zoo-runs/probe-bench-simclr``), each raw and L2-normalised, at three sizes
 (balanced: the first n/10 images of each class). On every one: the fast linear probe against the
 notebook's sklearn LogisticRegression(max_iter=1000), and zoo's k-NN (k=5) against sklearn's
@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--trained", type=Path, default=DEFAULT_TRAINED, help="a trained run directory (encoder)")
     args = parser.parse_args()
     if not (args.trained / "model.safetensors").is_file():
-        raise SystemExit(f"no trained encoder at {args.trained}: run `nice -n 10 ssl-zoo train simclr --preset cpu "
+        raise SystemExit(f"no trained encoder at {args.trained}: run `nice -n 10 ssl-zoo train simclr --preset quick "
                          f"--epochs 5 --out {args.trained}` first (a few minutes), or pass --trained RUN_DIR")
     train, test = load_cifar10("train"), load_cifar10("test")
     encoders = {"random-init ResNet-18": zoo.load("random-init-resnet18"),
@@ -115,7 +115,7 @@ def main() -> None:
     notes = (f"**Minimum speed-up across sets: linear {worst_linear['speed-up']}x** ({worst_linear['features']}, "
              f"{worst_linear['train / test']}), **k-NN {worst_knn['k-NN speed-up']}x** ({worst_knn['features']}, "
              f"{worst_knn['train / test']}); largest accuracy gap fast vs sklearn {worst_gap:.2f} points. "
-             "Trained encoder: `ssl-zoo train simclr --preset cpu --epochs 5` (width-16 CIFAR ResNet-18, 128-d). "
+             "Trained encoder: `ssl-zoo train simclr --preset quick --epochs 5` (width-16 CIFAR ResNet-18, 128-d). "
              f"Seconds: the shorter of {REPEATS} runs. Each set: the first n/10 images of every class. sklearn: "
              "LogisticRegression(max_iter=1000) and KNeighborsClassifier(n_neighbors=5); agreement: share of test "
              "predictions equal to sklearn's. "
