@@ -266,7 +266,7 @@ def _check_loss(value: float, first: float, epoch: int, step: int, out: Path) ->
 
 def _local_flags() -> tuple[str, ...]:
     """Flags whose values are machine-local (data path, device): left out of recorded commands."""
-    from zoo.publish import LOCAL_KEYS  # huggingface_hub: imported only when needed
+    from zoo.publish import LOCAL_KEYS  # huggingface_hub: imported by rank 0 only
 
     return tuple(f"--{k}" for k in LOCAL_KEYS)
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
-import json
 import shlex
 import subprocess
 import sys
