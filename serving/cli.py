@@ -13,6 +13,23 @@ import urllib.request
 from zoo.cli import Command
 
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")
+KB, MB = 1024, 1024 * 1024
+# flag, its field of serving.config.Limits (image.*: of serving.decode.ImageLimits), the bytes in one unit
+# of the flag's value, help; the defaults are the dataclasses' own
+LIMIT_FLAGS = (
+    ("--max-images", "max_images", 1, "images per request"),
+    ("--max-pixels", "image.max_pixels", 1, "pixels per image once decoded (large JPEGs decode at a reduced scale)"),
+    ("--max-file-pixels", "image.max_file_pixels", 1, "pixels an image file may declare (decompression-bomb guard)"),
+    ("--max-aspect-ratio", "image.max_aspect_ratio", 1, "longest side / shortest side"),
+    ("--max-body-mb", "max_body_bytes", MB, "request body size limit"),
+    ("--max-inflight-mb", "max_inflight_bytes", MB, "request bodies one HTTP process holds at once (429 beyond)"),
+    ("--body-timeout", "body_timeout", 1, "seconds to receive a request's body"),
+    ("--request-timeout", "request_timeout", 1, "seconds from a request's start to its answer (504 after)"),
+    ("--max-header-kb", "max_header_bytes", KB, "request line and headers size limit"),
+    ("--header-timeout", "header_timeout", 1, "seconds a connection has to send a request's headers"),
+    ("--keep-alive", "keep_alive", 1, "seconds an idle keep-alive connection stays open"),
+    ("--max-connections", "max_connections", 1, "concurrent connections and requests (503 beyond)"),
+)
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,24 +50,11 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-gap", type=float, default=0.008,
                    help="start the batch once no request has come for this many seconds")
     p.add_argument("--workers", type=int, default=1, help="inference workers per device")
-    p.add_argument("--max-images", type=int, default=64, help="images per request")
-    p.add_argument("--max-pixels", type=int, default=4096 * 4096,
-                   help="pixels per image once decoded (large JPEGs decode at a reduced scale)")
-    p.add_argument("--max-file-pixels", type=int, default=128 * 1024 * 1024,
-                   help="pixels an image file may declare (decompression-bomb guard)")
-    p.add_argument("--max-aspect-ratio", type=float, default=32.0, help="longest side / shortest side")
-    p.add_argument("--max-body-mb", type=float, default=32, help="request body size limit")
-    p.add_argument("--max-inflight-mb", type=float, default=256,
-                   help="request bodies one HTTP process holds at once (429 beyond)")
-    p.add_argument("--body-timeout", type=float, default=20.0, help="seconds to receive a request's body")
-    p.add_argument("--request-timeout", type=float, default=30.0,
-                   help="seconds from a request's start to its answer (504 after)")
-    p.add_argument("--max-header-kb", type=float, default=64, help="request line and headers size limit")
-    p.add_argument("--header-timeout", type=float, default=10.0,
-                   help="seconds a connection has to send a request's headers")
-    p.add_argument("--keep-alive", type=float, default=5.0, help="seconds an idle keep-alive connection stays open")
-    p.add_argument("--max-connections", type=int, default=256,
-                   help="concurrent connections and requests (503 beyond)")
+    for flag, field, unit, help_text in LIMIT_FLAGS:
+        default = _limit_default(field)
+        shown = default / unit if unit > 1 else default  # in the flag's unit: 32 (MB), not 33554432
+        p.add_argument(flag, type=type(default) if unit == 1 else float, help=help_text,
+                       default=int(shown) if shown == int(shown) else shown)
     p.add_argument("--access-log", action="store_true", help="log every request (uvicorn access log)")
     p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--api-key-file", help="require the key in this file (first line) as 'Authorization: Bearer KEY' "
@@ -65,6 +69,20 @@ def _port(text: str) -> int:
     if not 1024 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"port must be from 1024 to 65535, got {port}")
     return port
+
+
+def _limit_default(field: str) -> int | float:
+    from .config import Limits
+
+    obj = Limits()
+    for name in field.split("."):
+        obj = getattr(obj, name)
+    return obj
+
+
+def _limit_value(field: str, value: float) -> int | float:
+    """A flag's value in its field's unit and type (bytes are whole)."""
+    return int(value) if isinstance(_limit_default(field), int) else float(value)
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -89,16 +107,12 @@ def _build(args: argparse.Namespace, api_key: str | None) -> tuple:
     from zoo import HashMismatchError
 
     from .api import build_server
-    from .config import Limits
-    from .decode import ImageLimits
+    from .config import ImageLimits, Limits
 
-    limits = Limits(max_images=args.max_images,
-                    image=ImageLimits(args.max_pixels, args.max_file_pixels, args.max_aspect_ratio),
-                    max_body_bytes=int(args.max_body_mb * 1024 * 1024),
-                    max_inflight_bytes=int(args.max_inflight_mb * 1024 * 1024), body_timeout=args.body_timeout,
-                    request_timeout=args.request_timeout, max_header_bytes=int(args.max_header_kb * 1024),
-                    header_timeout=args.header_timeout, keep_alive=args.keep_alive,
-                    max_connections=args.max_connections)
+    values = {field: _limit_value(field, getattr(args, flag[2:].replace("-", "_")) * unit)
+              for flag, field, unit, _ in LIMIT_FLAGS}
+    image = ImageLimits(**{f[6:]: v for f, v in values.items() if f.startswith("image.")})
+    limits = Limits(image=image, **{f: v for f, v in values.items() if not f.startswith("image.")})
     try:
         server = build_server(args.model, backend=args.backend, max_batch_size=args.max_batch_size,
                               batch_timeout=args.batch_timeout, batch_gap=args.batch_gap, workers=args.workers,

@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .decode import ImageLimits
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Per-image limits: pixels once decoded, pixels the file declares, and aspect ratio."""
+
+    max_pixels: int = 4096 * 4096
+    max_file_pixels: int = 128 * 1024 * 1024
+    max_aspect_ratio: float = 32.0
 
 
 @dataclass(frozen=True)

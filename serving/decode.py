@@ -13,12 +13,13 @@ import binascii
 import io
 import math
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from zoo.transforms import image_to_array
+
+from .config import ImageLimits
 
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 FORMAT_NAMES = "JPEG, PNG, WebP, GIF, BMP or TIFF"
@@ -30,15 +31,6 @@ class BadRequest(ValueError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
-
-
-@dataclass(frozen=True)
-class ImageLimits:
-    """Per-image limits: pixels once decoded, pixels the file declares, and aspect ratio."""
-
-    max_pixels: int = 4096 * 4096
-    max_file_pixels: int = 128 * 1024 * 1024
-    max_aspect_ratio: float = 32.0
 
 
 def decode_image(data: bytes, size: int, limits: ImageLimits = ImageLimits(), name: str = "image") -> np.ndarray:

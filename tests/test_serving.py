@@ -24,7 +24,8 @@ from PIL import Image
 import zoo
 from conftest import CIFAR10_JPEG, free_port, needs_cifar10, tiny_model_dir
 from serving.api import build_server
-from serving.decode import BadRequest, ImageLimits, decode_image
+from serving.config import ImageLimits
+from serving.decode import BadRequest, decode_image
 from serving.onnx_export import max_abs_diff, onnx_session, read_metadata
 
 pytestmark = needs_cifar10
