@@ -6,6 +6,7 @@ import functools
 import io
 import os
 import re
+import shlex
 import signal
 import subprocess
 import threading
@@ -22,7 +23,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import zoo
-from conftest import CIFAR10_JPEG, free_port, needs_cifar10, tiny_model_dir
+from conftest import CIFAR10_JPEG, REPO, free_port, needs_cifar10, tiny_model_dir
 from serving.api import build_server
 from serving.config import ImageLimits
 from serving.decode import BadRequest, decode_image
@@ -106,6 +107,29 @@ def _unit(x: np.ndarray) -> np.ndarray:
 def _ok(url: str) -> None:
     r = httpx.post(f"{url}/embed", files=[("images", ("a.jpg", JPEGS[0].read_bytes(), "image/jpeg"))])
     assert r.status_code == 200 and len(r.json()["embeddings"]) == 1
+
+
+def _readme_first_screen() -> list[str]:
+    """The commands of the README's first code block, comments stripped."""
+    block = re.search(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), re.S).group(1)
+    return [c for c in (line.split("  #")[0].strip() for line in block.splitlines()) if c]
+
+
+def test_the_readme_first_screen_serves_the_bundled_model_and_its_curl_gets_the_embedding(tmp_path):
+    setup, serve, curl, tests = _readme_first_screen()
+    assert setup.startswith("python -m pip install") and tests == "python -m pytest -q"  # what .ci/run runs
+    model, *flags = shlex.split(serve.removesuffix("&"))[2:]
+    s = ServerProcess(model, *flags, env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)})  # no network, no cache
+    try:
+        field, image = re.search(r"-F (\w+)=@(\S+)", curl).groups()
+        route = re.search(r"http://127\.0\.0\.1:8000(/\S*)", curl).group(1)
+        path = REPO / image  # the README runs from the repository root
+        r = httpx.post(s.url + route, files=[(field, (path.name, path.read_bytes(), "image/jpeg"))])
+        assert r.status_code == 200, r.text
+        expected = zoo.embed(zoo.load(model), [path]).numpy()
+        np.testing.assert_allclose(np.array(r.json()["embeddings"]), expected, rtol=1e-4, atol=1e-5)
+    finally:
+        s.stop()
 
 
 def test_embeddings_equal_zoo_embed_in_input_order(server, model_dir, expected):
