@@ -14,7 +14,7 @@ from zoo.cli import Command
 
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")
 KB, MB = 1024, 1024 * 1024
-# flag, its field of serving.config.Limits (image.*: of serving.decode.ImageLimits), the bytes in one unit
+# flag, its field of serving.config.Limits (image.*: of its ImageLimits), the bytes in one unit
 # of the flag's value, help; the defaults are the dataclasses' own
 LIMIT_FLAGS = (
     ("--max-images", "max_images", 1, "images per request"),
@@ -72,6 +72,7 @@ def _port(text: str) -> int:
 
 
 def _limit_default(field: str) -> int | float:
+    """The default of a ``LIMIT_FLAGS`` field, read from ``Limits()``."""
     from .config import Limits
 
     obj = Limits()
