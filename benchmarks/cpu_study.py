@@ -77,6 +77,14 @@ def random_init_results(runs: Path) -> dict:
     return results
 
 
+def probe_cells(results: dict) -> dict:
+    """A table row's final-probe columns: each probe's accuracy (%) and the bank / test sizes."""
+    bank = results.get("protocol", {}).get("knn5", {})
+    return {**{label: round(100 * results[key], 2) if key in results else "-" for key, label in
+               (("knn5", "k-NN k=5 %"), ("knn200", "weighted k-NN k=200 %"), ("linear", "linear %"))},
+            "final bank / test": f"{bank.get('train_images', '-')} / {bank.get('test_images', '-')}"}
+
+
 def summarise(outs: dict[str, Path]) -> list[dict]:
     """Per configuration (name -> run directory): the monitor curve against CPU minutes, and the final probes."""
     rows = []
@@ -134,20 +142,14 @@ def main() -> None:
     table = []
     for row in rows:
         last, final = row["curve"][-1], row["final"]
-        bank = final.get("protocol", {}).get("knn5", {})
         table.append({"configuration": row["name"], "epochs": last["epoch"],
                       "2-core CPU min": round(last["cpu_seconds"] / 120, 1),
                       "views/s": round(2 * max(r["images_per_s"] for r in row["curve"])),
                       "monitor weighted k-NN %": round(100 * last["weighted_knn_accuracy"], 2),
-                      **{label: round(100 * final[key], 2) if key in final else "-" for key, label in
-                         (("knn5", "k-NN k=5 %"), ("knn200", "weighted k-NN k=200 %"), ("linear", "linear %"))},
-                      "final bank / test": f"{bank.get('train_images', '-')} / {bank.get('test_images', '-')}"})
-    baseline = random_init_results(args.runs)
+                      **probe_cells(final)})
     table.append({"configuration": "random init (the same network, seed 0; no training)", "epochs": 0,
                   "2-core CPU min": 0, "views/s": "-", "monitor weighted k-NN %": "-",
-                  **{label: round(100 * baseline[key], 2) for key, label in
-                     (("knn5", "k-NN k=5 %"), ("knn200", "weighted k-NN k=200 %"), ("linear", "linear %"))},
-                  "final bank / test": "50000 / 10000"})
+                  **probe_cells(random_init_results(args.runs))})
     plot(rows, RESULTS / "cpu_study.png")
     (RESULTS / "cpu_study-curves.json").write_text(json.dumps(rows, indent=1) + "\n")
     print(write_report("cpu_study", "CPU recipe study: time to accuracy on 2 cores", table,
