@@ -65,9 +65,9 @@ def compare(tag: str, epochs: int, work: Path) -> dict:
     diffs = {k: max(abs(a[k] - b[k]) for a, b in zip(shipped, rerun)) for k in COMPARED}
     provenance = json.loads((bundle / "config.json").read_text())["provenance"]
     return {"model": tag, "epochs compared": epochs, "card's commit": provenance["git_commit"][:7],
-            "max |Δ loss|": f"{diffs['loss']:.3g}",
-            "max |Δ k-NN| (points)": f"{100 * diffs['knn_accuracy']:.2f}",
-            "max |Δ weighted k-NN| (points)": f"{100 * diffs['weighted_knn_accuracy']:.2f}",
+            "max Δ loss": f"{diffs['loss']:.3g}",
+            "max Δ k-NN (points)": f"{100 * diffs['knn_accuracy']:.2f}",
+            "max Δ weighted k-NN (points)": f"{100 * diffs['weighted_knn_accuracy']:.2f}",
             "bitwise equal": all(a[k] == b[k] for a, b in zip(shipped, rerun) for k in COMPARED),
             "rerun weighted k-NN by epoch (%)": " / ".join(f"{100 * r['weighted_knn_accuracy']:.2f}" for r in rerun)}
 
@@ -87,7 +87,7 @@ def main() -> None:
     notes = (f"Each model's recorded `ssl-zoo train` command rerun at commit {commit.stdout.strip()} and stopped "
              f"after {args.epochs} epochs; per-epoch monitor (k-NN k=5 and weighted k-NN k=200 T=0.1, L2-normalised, "
              "5,000-image bank, 2,000 test images, as the card's training curves) compared with the shipped "
-             "metrics.jsonl.")
+             "metrics.jsonl; Δ: the largest absolute difference over those epochs.")
     print(write_report("reproduce", "Rerunning the cards' commands: first epochs against the shipped runs", rows,
                        notes))
 
