@@ -47,7 +47,8 @@ def run_epochs(argv: list[str], metrics: Path, epochs: int, log: Path) -> list[d
             proc.wait()
     rows = [json.loads(line) for line in metrics.read_text().splitlines()[:epochs]] if metrics.exists() else []
     if len(rows) < epochs:
-        sys.exit(f"the rerun stopped after {len(rows)} of {epochs} epochs; its output is in {log}")
+        tail = log.read_text()[-2000:].replace("\r", "\n")  # the temporary folder goes when the script exits
+        sys.exit(f"the rerun stopped after {len(rows)} of {epochs} epochs; the end of its output:\n{tail}")
     return rows
 
 
