@@ -78,16 +78,24 @@ def main() -> None:
     ap.add_argument("tags", nargs="*", help="bundled models (default: every folder of zoo/pretrained)")
     ap.add_argument("--epochs", type=int, default=2, help="epochs to rerun and compare (default %(default)s)")
     args = ap.parse_args()
+    if args.epochs < 1:
+        sys.exit(f"--epochs must be at least 1, not {args.epochs}")
     tags = args.tags or sorted(p.name for p in PRETRAINED.iterdir() if (p / "metrics.jsonl").exists())
     missing = [t for t in tags if not (PRETRAINED / t / "metrics.jsonl").exists()]
     if missing:
         sys.exit(f"no bundled run for {missing}; choose from {sorted(p.name for p in PRETRAINED.iterdir())}")
+    short = {t: n for t in tags if (n := _lines(PRETRAINED / t / "metrics.jsonl")) < args.epochs}
+    if short:
+        sys.exit(f"--epochs {args.epochs} is more than these models were trained for: {short}; lower it")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     with tempfile.TemporaryDirectory(prefix="reproduce-") as work:
         rows = [compare(tag, args.epochs, Path(work)) for tag in tags]
+    configs = [json.loads((PRETRAINED / tag / "train_config.json").read_text()) for tag in tags]
+    sizes = " or ".join(sorted({f"{10 * c['eval_train_per_class']:,}-image bank, {10 * c['eval_test_per_class']:,} "
+                                "test images" for c in configs}))
     notes = (f"Each model's recorded `ssl-zoo train` command rerun at commit {commit.stdout.strip()} and stopped "
              f"after {args.epochs} epochs; per-epoch monitor (k-NN k=5 and weighted k-NN k=200 T=0.1, L2-normalised, "
-             "5,000-image bank, 2,000 test images, as the card's training curves) compared with the shipped "
+             f"{sizes}, as the card's training curves) compared with the shipped "
              "metrics.jsonl; Δ: the largest absolute difference over those epochs.")
     print(write_report("reproduce", "Rerunning the cards' commands: first epochs against the shipped runs", rows,
                        notes))
