@@ -56,6 +56,12 @@ def run_config(name: str, method: str, overrides: dict, runs: Path) -> Path:
     return out
 
 
+def full_run_label(out: Path) -> str:
+    """A full-budget run's table row name: its folder and the optimiser it trained with."""
+    config = json.loads((out / "train_config.json").read_text())
+    return f"{out.name} (full run, {config['optimizer']} lr {config['lr']:g})"
+
+
 def random_init_results(runs: Path) -> dict:
     """The model-card probes of the study's network (width-16 CIFAR ResNet-18) at random init, seed 0:
     what "points above random init" is measured from. Cached in ``runs``: the probes take ~2 CPU minutes."""
@@ -120,8 +126,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=Path.home() / "ssl-zoo-runs" / "study")
     parser.add_argument("--zoo-runs", type=Path, default=Path.home() / "ssl-zoo-runs" / "zoo",
-                        help="where `ssl-zoo train METHOD --preset cpu --out DIR/METHOD-cifar10.cpu` ran (the "
-                        "chosen recipe at its full budget: added to the table and plot when present)")
+                        help="where `ssl-zoo train METHOD --preset cpu --out DIR/METHOD-cifar10.cpu[-SUFFIX]` ran (the "
+                        "recipe at its full budget: finished runs are added to the table and plot)")
     parser.add_argument("--only", default="", help="run only configurations whose name starts with this")
     parser.add_argument("--report-only", action="store_true", help="summarise finished runs, train nothing")
     args = parser.parse_args()
@@ -131,8 +137,8 @@ def main() -> None:
             if name in names:
                 run_config(name, method, overrides, args.runs)
     outs = {name: args.runs / name for name, _, _ in CONFIGS}
-    outs |= {f"{method} --preset cpu (full run)": args.zoo_runs / f"{method}-cifar10.cpu" for method in METHODS
-             if (args.zoo_runs / f"{method}-cifar10.cpu" / "results.json").is_file()}  # finished ones only
+    outs |= {full_run_label(out): out for method in METHODS
+             for out in sorted(args.zoo_runs.glob(f"{method}-cifar10.cpu*")) if (out / "results.json").is_file()}
     rows = summarise(outs)
     if not rows:
         return print("no finished study runs yet")

@@ -222,8 +222,8 @@ def test_every_train_flag_shows_a_description_and_its_default():
 
 
 def test_resume_after_a_kill_gives_the_same_weights(tmp_path):
-    # Two runs of one command (the .cpu recipes' bf16 autocast and SGD) on one machine: bitwise the same
-    # weights, also when the second is killed and resumed, so a rerun reproduces a card's numbers.
+    # Two runs of one command (bf16 autocast and SGD, as the SimCLR and BYOL .cpu recipes) on one machine: bitwise
+    # the same weights, also when the second is killed and resumed, so a rerun reproduces a card's numbers.
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     args = ("byol", "--preset", "smoke", "--epochs", "3", "--precision", "bf16", "--optimizer", "sgd", "--lr", "0.05")
     assert subprocess.run(_cli(*args, "--out", str(straight)), capture_output=True, timeout=TIMEOUT).returncode == 0
