@@ -128,8 +128,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=Path.home() / "ssl-zoo-runs" / "study")
     parser.add_argument("--zoo-runs", type=Path, default=Path.home() / "ssl-zoo-runs" / "zoo",
-                        help="where `ssl-zoo train METHOD --preset cpu --out DIR/METHOD-cifar10.cpu[-SUFFIX]` ran (the "
-                        "recipe at its full budget: finished runs are added to the table and plot)")
+                        help="where `ssl-zoo train METHOD --preset cpu --out DIR/METHOD-cifar10.cpu[-SUFFIX]` "
+                        "ran (the recipe at its full budget: finished runs are added to the table and plot)")
     parser.add_argument("--only", default="", help="run only configurations whose name starts with this")
     parser.add_argument("--report-only", action="store_true", help="summarise finished runs, train nothing")
     args = parser.parse_args()
@@ -161,8 +161,9 @@ def main() -> None:
                        "Study runs: full CIFAR-10 train split, width-16 CIFAR ResNet-18, batch 256, bf16 autocast, projector "
                        "hidden 1024, 1 warm-up epoch then cosine, seed 0; `adamw`: lr 2e-3, wd 1e-6; `sgd`: lr 0.12, "
                        "momentum 0.9, wd 5e-4 (lightly's CIFAR-10 benchmarks); `lars`: lr 0.4, wd 1e-5 (solo-learn); "
-                       "Barlow Twins projector output 1024. Full runs: `ssl-zoo train METHOD --preset cpu` (with the optimiser "
-                       "shown), 40-50 epochs; the `.cpu` registry tags ship the best of each method's. Monitor: weighted k-NN (k=200, T=0.1, normalised) with a "
+                       "Barlow Twins projector output 1024. Full runs: `ssl-zoo train METHOD --preset cpu` with the "
+                       "optimiser shown, 40-50 epochs; the `.cpu` registry tags ship each method's best. Monitor: "
+                       "weighted k-NN (k=200, T=0.1, normalised) with a "
                        "5,000-image bank and 2,000 test images after each epoch. Final probes: the model-card "
                        "protocol with the bank and test sizes shown. views/s: the fastest epoch (2 views per image). "
                        "CPU minutes: process CPU time / 2, so other jobs on the machine cost little. "
