@@ -26,11 +26,11 @@ PRETRAINED = ROOT / "zoo" / "pretrained"
 COMPARED = ("loss", "knn_accuracy", "weighted_knn_accuracy")
 
 
-def rerun_command(bundle: Path, out: Path) -> list[str]:
-    """The card's first launch command, with `ssl-zoo` as this interpreter's CLI and `--out` set to ``out``."""
-    argv = shlex.split(json.loads((bundle / "config.json").read_text())["provenance"]["command"])
+def rerun_command(command: str, out: Path) -> list[str]:
+    """A card's recorded launch command, with `ssl-zoo` as this interpreter's CLI and `--out` set to ``out``."""
+    argv = shlex.split(command)
     if argv[0] != "ssl-zoo" or "--out" not in argv:
-        sys.exit(f"{bundle}: the recorded command {shlex.join(argv)!r} is not an `ssl-zoo train ... --out` command")
+        sys.exit(f"{out.name}: the recorded command {command!r} is not an `ssl-zoo train ... --out` command")
     argv[argv.index("--out") + 1] = str(out)
     return [sys.executable, "-c", "from zoo.cli import main; main()", *argv[1:]]
 
@@ -60,11 +60,11 @@ def compare(tag: str, epochs: int, work: Path) -> dict:
     """One table row: the largest per-epoch difference of each compared metric, rerun against the card."""
     bundle = PRETRAINED / tag
     shipped = [json.loads(line) for line in (bundle / "metrics.jsonl").read_text().splitlines()][:epochs]
-    argv = rerun_command(bundle, work / tag)
+    provenance = json.loads((bundle / "config.json").read_text())["provenance"]
+    argv = rerun_command(provenance["command"], work / tag)
     print(f"{tag}: {shlex.join(argv[3:])} for {epochs} epochs", flush=True)
     rerun = run_epochs(argv, work / tag / "metrics.jsonl", epochs, work / f"{tag}.log")
     diffs = {k: max(abs(a[k] - b[k]) for a, b in zip(shipped, rerun)) for k in COMPARED}
-    provenance = json.loads((bundle / "config.json").read_text())["provenance"]
     return {"model": tag, "epochs compared": epochs, "card's commit": provenance["git_commit"][:7],
             "max Δ loss": f"{diffs['loss']:.3g}",
             "max Δ k-NN (points)": f"{100 * diffs['knn_accuracy']:.2f}",
