@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
-import platform
 import time
 from pathlib import Path
 
 import torch
 
+from training.hardware import cpu_summary
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def environment() -> dict:
+    """What every figure depends on: torch, threads, and the CPU with its kernels and bf16 support."""
     return {"torch": torch.__version__, "device": "cpu", "threads": torch.get_num_threads(),
-            "cpu": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d")}
+            "cpu": cpu_summary(), "date": time.strftime("%Y-%m-%d")}
 
 
 def write_report(name: str, title: str, rows: list[dict], notes: str = "") -> str:

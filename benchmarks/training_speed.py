@@ -5,11 +5,18 @@
 Augmentation: view pairs/s from real CIFAR-10 uint8 images, for the seed's torchvision PIL
 pipeline in a 2-worker DataLoader, kornia's AugmentationSequential (if installed) and
 training.augment.BatchAugment. Step: SimCLR steps/s on the same model and batch, seed-style
-(PIL loader, two forward passes) vs ours (batched augmentation, both views in one pass).
+(PIL loader, two forward passes) vs ours (batched augmentation, both views in one pass), in fp32 and
+bf16, on this CPU's own kernels and again restricted to AVX2 (ATEN_CPU_CAPABILITY=avx2,
+ONEDNN_MAX_CPU_ISA=AVX2, in a subprocess): the kernels an AVX2-only CPU such as AMD Zen 3 runs, where
+bf16 is emulated.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 
 import torch
@@ -18,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from report import write_report
 from training.augment import BatchAugment, seed_pil_pipeline
+from training.hardware import cpu_summary
 from training.losses import nt_xent
 from training.methods import SimCLR
 from zoo import build_encoder, load_cifar10
@@ -84,53 +92,70 @@ def augmentation_rows(images) -> list[dict]:
     return rows
 
 
-def step_rows(images) -> list[dict]:
-    batch, steps = 128, 8
+AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+BATCH, STEPS = 128, 8
+
+
+def step_rates(images, seed_style: bool) -> dict[str, float]:
+    """Steps/s of the seed-style loop (if ``seed_style``) and of ours in fp32 and in bf16."""
     torch.manual_seed(0)
     model = SimCLR(build_encoder({"architecture": "resnet18_cifar", "kwargs": {"width": 16}}), 512, 128, views="joint")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    loader = seed_loader(images[: batch * steps], batch)
 
     def seed_epoch():  # the notebook's loop: PIL views from workers, one forward per view
-        for x1, x2 in loader:
+        for x1, x2 in seed_loader(images[: BATCH * STEPS], BATCH):
             z1, z2 = model.projector(model.encoder(x1)), model.projector(model.encoder(x2))
             loss = nt_xent(z1, z2, 0.5)
             opt.zero_grad()
             loss.backward()
             opt.step()
 
-    uint8, augment = torch.from_numpy(images[: batch * steps]), BatchAugment()
+    uint8, augment = torch.from_numpy(images[: BATCH * STEPS]), BatchAugment()
 
     def our_epoch(bf16: bool):  # training.loop's step: batched augmentation, both views in one forward
         fmt = torch.channels_last if bf16 else torch.contiguous_format
         model.to(memory_format=fmt)
-        for i in range(steps):
-            x = uint8[i * batch:(i + 1) * batch]
+        for i in range(STEPS):
+            x = uint8[i * BATCH:(i + 1) * BATCH]
             with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
                 loss = model(augment(torch.cat([x, x])).contiguous(memory_format=fmt))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
 
-    rows, base = [], None
-    for name, fn in (("seed-style: PIL DataLoader, two forwards", seed_epoch),
-                     ("zoo, fp32 (--precision auto on CPU)", lambda: our_epoch(False)),
-                     ("zoo, bf16 autocast + channels_last (--precision bf16; this CPU has AMX)",
-                      lambda: our_epoch(True))):
-        rate = pairs_per_s(fn, batch * steps, repeats=1) / batch
-        base = base or rate
-        rows.append({"step": name, "steps/s": round(rate, 3), "images/s": round(rate * batch, 1),
-                     "vs seed": f"{rate / base:.2f}x"})
-    return rows
+    variants = ([("seed", seed_epoch)] if seed_style else []) + [("fp32", lambda: our_epoch(False)),
+                                                                  ("bf16", lambda: our_epoch(True))]
+    return {name: pairs_per_s(fn, BATCH * STEPS, repeats=1) / BATCH for name, fn in variants}
+
+
+def step_rows(images) -> list[dict]:
+    native = step_rates(images, seed_style=True)
+    restricted = subprocess.run([sys.executable, __file__, "--step-rates-json"], env={**os.environ, **AVX2_ONLY},
+                                capture_output=True, text=True, check=True)
+    avx2 = json.loads(restricted.stdout.splitlines()[-1])
+    here = cpu_summary()
+    labels = [(here, "seed", "seed-style: PIL DataLoader, two forwards", native),
+              (here, "fp32", "zoo, fp32", native), (here, "bf16", "zoo, bf16 autocast + channels_last", native),
+              (avx2["cpu"], "fp32", "zoo, fp32", avx2), (avx2["cpu"], "bf16", "zoo, bf16 autocast + channels_last", avx2)]
+    base = native["seed"]
+    return [{"CPU kernels": cpu, "step": name, "steps/s": round(rates[key], 3),
+             "views/s": round(2 * BATCH * rates[key], 1), "vs seed": f"{rates[key] / base:.2f}x"}
+            for cpu, key, name, rates in labels]
 
 
 def main() -> None:
     images = load_cifar10("train").images
     torch.set_num_threads(2)
+    if sys.argv[1:] == ["--step-rates-json"]:
+        print(json.dumps({**step_rates(images, seed_style=False), "cpu": cpu_summary() + " [AVX2 kernels only]"}))
+        return
     print(write_report("augmentation", "SimCLR augmentation throughput, real CIFAR-10, 2 CPU cores",
                        augmentation_rows(images), "Command: `python benchmarks/training_speed.py`."))
     print(write_report("step", "SimCLR training step, width-16 CIFAR ResNet-18, batch 128, 2 CPU cores",
-                       step_rows(images), "Command: `python benchmarks/training_speed.py`."))
+                       step_rows(images), "The AVX2 rows run this machine restricted to AVX2 kernels "
+                       "(ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2): what an AVX2-only CPU such as AMD Zen 3 "
+                       "runs; there bf16 is emulated, which is why `--precision auto` picks fp32 on such CPUs. "
+                       "Command: `python benchmarks/training_speed.py`."))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from training.augment import BatchAugment
 from training.checkpoint import load_checkpoint
 from training.cli import COMMANDS
 from training.config import TrainConfig, add_config_arguments, build_config, overrides_from_args
-from training.estimate import cpu_duration_warning, cpu_minutes
+from training import estimate, hardware
 from training.loop import TrainingDiverged, build_method, train
 from training.losses import byol_loss
 from training.methods import METHODS, Recipe, SSLMethod
@@ -91,10 +91,17 @@ def test_the_published_config_has_provenance_and_no_local_paths(smoke_run):
     assert (prov["torch"], prov["device"], prov["cores"], prov["processes"]) == (torch.__version__, "cpu",
                                                                                  os.cpu_count(), 1)
     assert prov["cpu"] and "\n" not in prov["cpu"]
+    # What ran and where: the precision --precision auto chose on this CPU, and the ISA facts that decide it.
+    assert prov["cpu_isa"]["native_bf16"] == hardware.native_bf16()
+    assert prov["precision"] == ("bf16" if hardware.native_bf16() else "fp32")
     metrics = [json.loads(line) for line in (smoke_run / "metrics.jsonl").read_text().splitlines()]
     assert prov["wall_minutes"] == pytest.approx(sum(m["seconds"] for m in metrics) / 60, abs=0.01)
     assert prov["cpu_minutes"] == pytest.approx(metrics[-1]["cpu_seconds"] / 60, abs=0.01)
-    assert prov["compute"] == {"device": "cpu", "minutes": prov["wall_minutes"]}
+    cfg = build_config("simclr", "smoke", None, {})
+    method, _ = build_method(cfg)
+    assert prov["train_flops"] == estimate.step_flops(method, cfg.batch_size) * (400 // 64) * 2 > 0
+    assert prov["compute"] == {"device": "cpu", "minutes": prov["wall_minutes"], "train_flops": prov["train_flops"],
+                               "cpu": hardware.cpu_summary(), "precision": prov["precision"]}
 
 
 def _flip_a_tensor_byte(path):
@@ -162,21 +169,38 @@ def test_resume_of_a_run_stopped_in_its_first_epoch_starts_it_again(tmp_path):
         loop._run_state(run, cfg, resume=True)
 
 
-def test_a_cpu_run_of_the_gpu_recipe_warns_with_an_estimate(tmp_path, monkeypatch, capsys):
-    seed = build_config("simclr", "seed", None, {"device": "cpu"})
-    # images x 2 views x epochs at the measured width-64 rate (100 views/s in bf16, 3x slower in fp32), + evaluation
-    training_only = 50_000 * 2 * 50 / (100 / 3) / 60
-    assert training_only < cpu_minutes(seed) < 1.2 * training_only
-    bf16 = build_config("simclr", "seed", None, {"precision": "bf16"})
-    assert cpu_minutes(bf16) == pytest.approx(cpu_minutes(seed) / 3)
-    warning = cpu_duration_warning(seed)
-    assert warning.startswith("warning: ") and f"about {cpu_minutes(seed) / 60:.0f} hours" in warning
-    assert "--preset cpu (the zoo's CPU recipe, about" in warning and "--preset quick (about" in warning
-    for method in ("simclr", "byol", "barlowtwins"):  # the CPU recipe fits its 100-minute budget
-        assert cpu_minutes(build_config(method, "cpu", None, {})) < 100
-        assert cpu_duration_warning(build_config(method, "cpu", None, {})) is None
-    assert cpu_duration_warning(build_config("byol", "smoke", None, {})) is None
+@pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp32")])
+def test_precision_auto_takes_bf16_only_where_the_cpu_has_it(monkeypatch, native, expected):
+    monkeypatch.setattr(hardware, "native_bf16", lambda isa=None: native)
+    assert hardware.resolve_precision("auto", torch.device("cpu")) == expected
+    assert hardware.resolve_precision("bf16", torch.device("cpu")) == "bf16"  # forced: as given
+    assert hardware.resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    from training.config import PRESETS
 
+    assert {build_config(m, p, None, {}).precision for p in PRESETS for m in METHODS} == {"auto"}  # hardware decides
+
+
+def test_native_bf16_needs_the_instructions_and_atens_avx512_kernels():
+    isa = {"capability": "AVX512", "avx2": True, "avx512": True, "avx512_bf16": False, "amx": False}
+    assert not hardware.native_bf16(isa)  # AVX-512 without bf16 (Intel Skylake-X): emulated
+    assert hardware.native_bf16({**isa, "avx512_bf16": True}) and hardware.native_bf16({**isa, "amx": True})
+    assert not hardware.native_bf16({**isa, "avx512_bf16": True, "capability": "AVX2"})  # ATEN_CPU_CAPABILITY=avx2
+    assert "no native bf16" in hardware.cpu_summary({**isa, "model": "AMD EPYC 7B13", "native_bf16": False})
+
+
+def test_training_flops_are_counted_by_torch_without_computing():
+    cfg = build_config("simclr", "cpu", None, {})
+    method, _ = build_method(cfg)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as real:  # the same step on real tensors
+        method(torch.rand(2 * 8, 3, 32, 32)).backward()
+    assert estimate.step_flops(method, 8) == real.get_total_flops() > 0
+    assert estimate.run_flops(cfg, method) == estimate.step_flops(method, 256) * 195 * 50
+    assert estimate.flops_text(1.06e15) == "1.06 PFLOP" and estimate.flops_text(8.1e10) == "81 GFLOP"
+
+
+def _stop_at_data_loading(monkeypatch):
     class Stop(Exception):
         pass
 
@@ -184,9 +208,61 @@ def test_a_cpu_run_of_the_gpu_recipe_warns_with_an_estimate(tmp_path, monkeypatc
         raise Stop
 
     monkeypatch.setattr(loop, "load_cifar10", stop)  # the run stops where it would start loading data
-    with pytest.raises(Stop):
+    return Stop
+
+
+def test_every_run_measures_its_speed_and_warns_past_two_hours(tmp_path, monkeypatch, capsys):
+    seed = build_config("simclr", "seed", None, {"device": "cpu"})
+    measured = []
+
+    def slow(method, cfg, device, precision, batch_size, step):  # a CPU that trains 50 views/s
+        measured.append((batch_size, precision))
+        return 50.0
+
+    monkeypatch.setattr(estimate, "measure_views_per_s", slow)
+    monkeypatch.setattr(loop, "measure_views_per_s", slow)
+    stop = _stop_at_data_loading(monkeypatch)
+    with pytest.raises(stop):
         train(seed, tmp_path / "run")
-    assert warning in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    hours = 2 * 195 * 256 * 50 / 50 / 3600  # views / (views/s), training alone
+    assert re.search(r"simclr: 50 training views/s measured on .* projected (\d+\.\d) hours for 50 epoch", out)
+    projected = float(re.search(r"projected (\d+\.\d) hours", out).group(1))
+    assert hours <= projected < 1.1 * hours
+    assert err.startswith("warning: this run (50 epochs of 50,000 images, width 64) is projected to take")
+    assert "--preset cpu" in err and measured[0][0] == 256
+    capsys.readouterr()
+    quick = build_config("byol", "smoke", None, {})  # a short run: the projection, measured for real, no warning
+    monkeypatch.undo()
+    stop = _stop_at_data_loading(monkeypatch)
+    with pytest.raises(stop):
+        train(quick, tmp_path / "smoke")
+    out, err = capsys.readouterr()
+    assert re.search(r"byol: [\d,]+ training views/s measured .* projected \d+ s for 2 epoch", out) and err == ""
+
+
+def test_forced_bf16_on_a_cpu_without_it_warns_with_both_measured_speeds(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(hardware, "native_bf16", lambda isa=None: False)
+    monkeypatch.setattr(estimate, "native_bf16", lambda isa=None: False)
+    rates = {"bf16": 45.0, "fp32": 464.0}
+    monkeypatch.setattr(loop, "measure_views_per_s", lambda m, c, d, precision, b, s: rates[precision])
+    stop = _stop_at_data_loading(monkeypatch)
+    with pytest.raises(stop):
+        train(build_config("simclr", "smoke", None, {"precision": "bf16"}), tmp_path / "run")
+    err = capsys.readouterr().err
+    assert "--precision bf16 on a CPU without native bf16" in err and "45 training views/s against 464 in fp32" in err
+    assert "(measured: 10.3x)" in err
+
+
+def test_the_timed_steps_leave_the_run_bitwise_unchanged(tmp_path, monkeypatch):
+    """The start-up timing trains a copy: weights, optimiser and random streams of the run stay as they were."""
+    cfg = build_config("simclr", "smoke", None, {"epochs": 1})
+    timed = train(cfg, tmp_path / "timed")
+    monkeypatch.setattr(loop, "_announce", lambda *args: None)
+    untimed = train(cfg, tmp_path / "untimed")
+    assert timed == untimed
+    a, b = load_file(tmp_path / "timed" / "model.safetensors"), load_file(tmp_path / "untimed" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_python_m_training_runs_without_the_installed_entry_points(tmp_path):

@@ -10,7 +10,7 @@ per-op modules are both slower here (``benchmarks/training_speed.py``, README's 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 import torch
@@ -152,6 +152,27 @@ def gaussian_blur3(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return a * (p[..., :-2, :] + p[..., 2:, :]) + b * p[..., 1:-1, :]
 
 
+@dataclass(frozen=True)
+class AugmentParams:
+    """Every random choice of one batch, per sample: crop box, flip, colour jitter (applied, factors,
+    order), grayscale and blur sigma (0: no blur). Indexing selects samples, so the processes of a
+    torchrun job can draw the global batch's parameters and each apply its own rows."""
+
+    boxes: torch.Tensor
+    flip: torch.Tensor
+    jittered: torch.Tensor
+    factors: torch.Tensor
+    order: torch.Tensor
+    gray: torch.Tensor
+    sigma: torch.Tensor
+
+    def __getitem__(self, rows: torch.Tensor | slice) -> AugmentParams:
+        return AugmentParams(*(getattr(self, f.name)[rows] for f in fields(self)))
+
+    def __len__(self) -> int:
+        return len(self.flip)
+
+
 class BatchAugment:
     """Callable: uint8 ``(N, H, W, 3)`` or float ``(N, 3, H, W)`` images -> augmented float
     ``(N, 3, size, size)`` in [0, 1], each sample with its own random parameters."""
@@ -160,33 +181,54 @@ class BatchAugment:
         """``sync_free``: avoid data-dependent shapes (no host-device syncs); default: on CUDA only."""
         self.config, self.sync_free = config, sync_free
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        cfg, device = self.config, images.device
-        g = generator or torch.Generator(device).manual_seed(int(torch.randint(2**62, ())))
-        x = images.permute(0, 3, 1, 2).float().div_(255) if images.dtype == torch.uint8 else images.float()
-        n = len(x)
-        boxes = crop_boxes(n, x.shape[2], x.shape[3], cfg, g, device)
+    def draw(self, n: int, height: int, width: int, generator: torch.Generator,
+             device: torch.device | str = "cpu") -> AugmentParams:
+        """The random parameters of ``n`` samples of ``height`` x ``width`` images."""
+        cfg, g = self.config, generator
+        boxes = crop_boxes(n, height, width, cfg, g, device)
         flip = torch.rand(n, generator=g, device=device) < cfg.flip_p
-        x = resized_crop_flip(x, boxes, flip, cfg.size)
-
         jittered = torch.rand(n, generator=g, device=device) < cfg.jitter_p
         b, c, s, hue = cfg.jitter
         factors = torch.stack([_uniform(n, 1 - b, 1 + b, g, device), _uniform(n, 1 - c, 1 + c, g, device),
                                _uniform(n, 1 - s, 1 + s, g, device), _uniform(n, -hue, hue, g, device)], 1)
         order = torch.rand(n, 4, generator=g, device=device).argsort(1)
-        if self.sync_free if self.sync_free is not None else x.is_cuda:
-            neutral = torch.tensor([1.0, 1.0, 1.0, 0.0], device=device)  # identity jitter for the others
-            x = color_jitter(x, torch.where(jittered[:, None], factors, neutral), order, sync_free=True)
-        else:
-            idx = jittered.nonzero()[:, 0]
-            x = x.index_copy(0, idx, color_jitter(x[idx], factors[idx], order[idx]))
-
         gray = torch.rand(n, generator=g, device=device) < cfg.gray_p
-        x = torch.where(gray.view(-1, 1, 1, 1), grayscale(x).expand_as(x), x)
-
         sigma = _uniform(n, *cfg.blur_sigma, g, device)
         blurred = torch.rand(n, generator=g, device=device) < cfg.blur_p
-        return gaussian_blur3(x, torch.where(blurred, sigma, torch.zeros_like(sigma)))
+        return AugmentParams(boxes, flip, jittered, factors, order, gray,
+                             torch.where(blurred, sigma, torch.zeros_like(sigma)))
+
+    def apply(self, images: torch.Tensor, params: AugmentParams) -> torch.Tensor:
+        """Augment ``images`` (one row per sample of ``params``) with the given parameters."""
+        if len(images) != len(params):
+            raise ValueError(f"{len(images)} images but parameters for {len(params)}")
+        x = images.permute(0, 3, 1, 2).float().div_(255) if images.dtype == torch.uint8 else images.float()
+        x = resized_crop_flip(x, params.boxes, params.flip, self.config.size)
+        if self.sync_free if self.sync_free is not None else x.is_cuda:
+            neutral = torch.tensor([1.0, 1.0, 1.0, 0.0], device=x.device)  # identity jitter for the others
+            x = color_jitter(x, torch.where(params.jittered[:, None], params.factors, neutral), params.order,
+                             sync_free=True)
+        else:
+            idx = params.jittered.nonzero()[:, 0]
+            x = x.index_copy(0, idx, color_jitter(x[idx], params.factors[idx], params.order[idx]))
+        x = torch.where(params.gray.view(-1, 1, 1, 1), grayscale(x).expand_as(x), x)
+        return gaussian_blur3(x, params.sigma)
+
+    def two_views(self, images: torch.Tensor, generator: torch.Generator, rank: int = 0,
+                  world_size: int = 1) -> torch.Tensor:
+        """Two views of each of this rank's uint8 ``images`` (view 1 block, then view 2 block), with the
+        parameters a single process draws for the global batch (``world_size`` equal parts, this rank's
+        part ``rank``): a torchrun job augments every image exactly as one process would."""
+        b = len(images)
+        n = b * world_size
+        own = torch.arange(rank * b, (rank + 1) * b, device=images.device)
+        params = self.draw(2 * n, images.shape[1], images.shape[2], generator, images.device)
+        return self.apply(torch.cat([images, images]), params[torch.cat([own, own + n])])
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        g = generator or torch.Generator(images.device).manual_seed(int(torch.randint(2**62, ())))
+        height, width = images.shape[1:3] if images.dtype == torch.uint8 else images.shape[2:4]
+        return self.apply(images, self.draw(len(images), height, width, g, images.device))
 
 
 def seed_pil_pipeline() -> T.Compose:

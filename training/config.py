@@ -32,7 +32,8 @@ class TrainConfig:
     values (``METHODS[method].recipe`` and ``.options()``). ``*_per_class`` of ``None`` (or
     ``"all"``) means the full CIFAR-10 split. ``shuffle``/``drop_last``: a fresh data order every
     epoch and no partial last batch (the notebook: neither). ``precision``: ``auto`` is bf16
-    autocast + channels_last on CUDA and fp32 on CPU; ``bf16`` forces it (fast on CPUs with AMX).
+    autocast + channels_last on CUDA and on CPUs with native bf16 (AVX512-BF16 or AMX), fp32 on
+    other CPUs (where bf16 is emulated and about 10x slower); ``bf16`` and ``fp32`` force one.
     """
 
     method: str = "simclr"
@@ -58,8 +59,8 @@ class TrainConfig:
                                              "(the test set is always whole)")
     seed: int = _doc(0, "seed of initialisation, data order and augmentation")
     device: str = _doc("auto", "auto|cpu|cuda|cuda:N (auto: cuda when available)")
-    precision: str = _doc("auto", "auto: bf16 autocast + channels_last on CUDA, fp32 on CPU; bf16 forces it "
-                          "(about 3x faster on CPUs with AMX)")
+    precision: str = _doc("auto", "auto: bf16 autocast + channels_last on CUDA and on CPUs with native bf16 "
+                          "(AVX512-BF16 or AMX: 2-3x fp32), fp32 on other CPUs (bf16 emulated there: ~10x slower)")
     compile: bool = _doc(False, "torch.compile the training step")
     log_every: int = _doc(20, "steps between loss read-backs (divergence check, progress bar)")
     data: str | None = _doc(None, "CIFAR-10 root (unset: $SSL_ZOO_DATA, the ../shared copy, or a download)")
@@ -121,7 +122,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # benchmarks/cpu_study.py (SGD as lightly's CIFAR-10 benchmarks; SimCLR temperature 0.2: +4.2 points at 3 epochs;
     # Barlow Twins with AdamW: +8.9 points at 3 epochs, +1.0 at its full 50 epochs).
     "cpu": {"width": 16, "batch_size": 256, "optimizer": "sgd", "lr": 0.12, "weight_decay": 5e-4,
-            "schedule": "step-warmup-cosine", "warmup_epochs": 1, "proj_hidden": 1024, "precision": "bf16",
+            "schedule": "step-warmup-cosine", "warmup_epochs": 1, "proj_hidden": 1024,
             "train_per_class": "all", "eval_train_per_class": 500, "eval_test_per_class": 200,
             "final_train_per_class": "all", "log_every": 50,
             "methods": {"simclr": {"epochs": 50, "method_options": {"temperature": 0.2}},

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
+import torch.distributed._functional_collectives as collectives
 from torch import nn
 
 
@@ -50,29 +50,26 @@ def world() -> tuple[int, int]:
 
 
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
-    """Sum over ranks; the backward pass sums the gradients over ranks too."""
-    return dist_fn.all_reduce(x) if world()[1] > 1 else x
+    """Sum over ranks; the backward pass sums the gradients over ranks too (torch's functional collective)."""
+    if world()[1] == 1:
+        return x
+    return collectives.wait_tensor(collectives.all_reduce(x.contiguous(), "sum", dist.group.WORLD))
 
 
 def all_gather_cat(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate every rank's ``x`` (same shape) along dim 0, gradients flowing back to each rank.
-
-    Built on all_reduce (each rank writes its block into zeros) because gloo lacks the
-    reduce-scatter that torch's differentiable all_gather needs in its backward pass.
-    """
-    rank, size = world()
-    if size == 1:
+    """Concatenate every rank's ``x`` (same shape) along dim 0, gradients flowing back to each rank."""
+    if world()[1] == 1:
         return x
-    blocks = [torch.zeros_like(x) for _ in range(size)]
-    blocks[rank] = x
-    return all_reduce_sum(torch.cat(blocks))
+    return collectives.wait_tensor(collectives.all_gather_single(x.contiguous(), 0, dist.group.WORLD))
 
 
 class GlobalBatchNorm(nn.BatchNorm1d):
     """BatchNorm whose training statistics span the global batch over all ranks.
 
     Hand-written because ``nn.SyncBatchNorm`` rejects CPU tensors (gloo); works for any
-    input rank (N, C, ...). In a single process it is exactly ``F.batch_norm``.
+    input rank (N, C, ...). In a single process it is exactly ``F.batch_norm``. The variance
+    is taken in two passes (mean, then squared deviations), as torch's own kernels do, so it
+    does not lose digits to cancellation when a channel's mean is large against its spread.
     """
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
@@ -83,25 +80,33 @@ class GlobalBatchNorm(nn.BatchNorm1d):
         if not self.training or world()[1] == 1:
             return super().forward(x)
         dims = [0] + list(range(2, x.dim()))
-        c = x.shape[1]
-        n = x.numel() // c * world()[1]  # every rank holds the same number of samples
-        stats = all_reduce_sum(torch.cat([x.float().sum(dims), (x.float() ** 2).sum(dims)]))
-        mean = stats[:c] / n
-        var = (stats[c:2 * c] / n - mean**2).clamp_min(0)
-        with torch.no_grad():
-            self.num_batches_tracked += 1
-            self.running_mean.lerp_(mean.detach(), self.momentum)
-            self.running_var.lerp_(var.detach() * n / (n - 1), self.momentum)
-        shape = [1, c] + [1] * (x.dim() - 2)
-        y = (x - mean.view(shape).to(x.dtype)) * torch.rsqrt(var + self.eps).view(shape).to(x.dtype)
+        shape = [1, x.shape[1]] + [1] * (x.dim() - 2)
+        n = x.numel() // x.shape[1] * world()[1]  # every rank holds the same number of samples
+        xs = x.to(torch.promote_types(x.dtype, torch.float32))
+        mean = all_reduce_sum(xs.sum(dims)) / n
+        centred = xs - mean.view(shape)
+        var = all_reduce_sum(centred.pow(2).sum(dims)) / n
+        if self.track_running_stats:
+            self._update_running_stats(mean.detach(), var.detach() * n / (n - 1))
+        y = (centred * torch.rsqrt(var + self.eps).view(shape)).to(x.dtype)
         return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean: torch.Tensor, unbiased_var: torch.Tensor) -> None:
+        """What ``F.batch_norm`` does to the buffers in training: momentum, or a cumulative average without one."""
+        self.num_batches_tracked += 1
+        momentum = 1 / self.num_batches_tracked.item() if self.momentum is None else self.momentum
+        self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
+        self.running_var.lerp_(unbiased_var.to(self.running_var.dtype), momentum)
 
 
 def convert_batchnorm(module: nn.Module) -> nn.Module:
     """Replace every BatchNorm layer by a ``GlobalBatchNorm`` holding the same parameters and stats."""
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
+        like = next(iter(module.parameters()), module.running_mean)  # keeps the layer's device and dtype
+        factory = {} if like is None else {"device": like.device, "dtype": like.dtype}
         new = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                              module.track_running_stats, device=module.running_mean.device)
+                              module.track_running_stats, **factory)
         new.load_state_dict(module.state_dict())
         if module.affine:  # keep frozen layers (BYOL's target) frozen
             new.requires_grad_(module.weight.requires_grad)

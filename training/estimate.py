@@ -1,55 +1,179 @@
-"""How long a run would take on a CPU, from measured throughput, to warn before a GPU recipe starts there."""
+"""What a run costs: training FLOPs counted by torch, and its duration measured by a few timed steps.
+
+FLOPs are the compute budget (the same on every machine); minutes are what this machine will take,
+measured at start-up on a throwaway copy of the model, so they hold for the CPU the run is on.
+"""
 
 from __future__ import annotations
 
+import copy
 import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
 
-import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from .config import TrainConfig, build_config
+from .config import TrainConfig
+from .hardware import cpu_summary, native_bf16
 
-# SimCLR training step, views/s by ResNet-18 width, bf16 autocast on this project's 2-core CPU with AMX
-# (benchmarks/training_speed.py); other widths: piecewise power law through these points (log-log linear).
-CPU_VIEWS_PER_S = {16: 950.0, 32: 340.0, 64: 100.0}
-FP32_SLOWDOWN = 3.0  # fp32 (--precision auto on a CPU) against bf16 on the same CPU
-EVAL_COST = 1 / 3  # an evaluated image (forward only) against a trained view (forward and backward)
-WARN_MINUTES = 120.0  # above the `cpu` preset's ~100 minutes: a run meant for a GPU
+WARN_MINUTES = 120.0  # longer than this on a CPU: a run meant for a GPU
+TIMED_STEPS, TIMING_BUDGET_S = 3, 20.0  # after one warm-up step: up to 3 steps, stopping once 20 s have passed
 CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS = 10, 5000, 1000  # CIFAR-10
 
 
-def _images(per_class: int | None, full: int = TRAIN_PER_CLASS) -> int:
+def images(per_class: int | None, full: int = TRAIN_PER_CLASS) -> int:
+    """Images of a CIFAR-10 subset of ``per_class`` images per class (None: the whole split)."""
     return CLASSES * (per_class or full)
 
 
-def cpu_minutes(cfg: TrainConfig) -> float:
-    """Estimated minutes of ``cfg`` on a 2-core CPU: training views, the per-epoch monitor and the final probes."""
-    widths, rates = np.log(list(CPU_VIEWS_PER_S)), np.log(list(CPU_VIEWS_PER_S.values()))
-    x = math.log(cfg.width)
-    i = min(max(int(np.searchsorted(widths, x)), 1), len(widths) - 1)  # the segment holding x, or the nearest end one
-    views_per_s = math.exp(rates[i - 1] + (rates[i] - rates[i - 1]) / (widths[i] - widths[i - 1]) * (x - widths[i - 1]))
-    views_per_s /= 1.0 if cfg.precision == "bf16" else FP32_SLOWDOWN
-    train_views = 2 * _images(cfg.train_per_class) * cfg.epochs
-    monitor = cfg.epochs * (_images(cfg.eval_train_per_class) + _images(cfg.eval_test_per_class, TEST_PER_CLASS))
-    final = _images(cfg.final_train_per_class) + _images(None, TEST_PER_CLASS)
-    return (train_views + EVAL_COST * (monitor + final)) / views_per_s / 60
+def steps_per_epoch(cfg: TrainConfig) -> int:
+    """Optimiser steps in one epoch of ``cfg``."""
+    n = images(cfg.train_per_class)
+    return n // cfg.batch_size if cfg.drop_last else math.ceil(n / cfg.batch_size)
 
 
-def _duration(minutes: float) -> str:
-    return f"{minutes:.0f} minutes" if minutes < 90 else f"{minutes / 60:.0f} hours"
+def count_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of ``fn()`` (convolutions and matrix products, forward and backward) as torch's
+    FlopCounterMode counts them, on fake tensors: nothing is computed."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode(allow_non_fake_inputs=True), FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
 
 
-def cpu_duration_warning(cfg: TrainConfig) -> str | None:
-    """A warning naming the estimated duration and a CPU preset when ``cfg`` would run over
-    ``WARN_MINUTES`` on a CPU; ``None`` when it is short enough."""
-    minutes = cpu_minutes(cfg)
-    if minutes <= WARN_MINUTES:
+def step_flops(method: torch.nn.Module, batch_size: int, image_size: int = 32) -> int:
+    """Training FLOPs of one step of ``method`` on a global batch of ``batch_size`` images (two views each)."""
+    model = copy.deepcopy(method).train()
+
+    def step() -> None:
+        model(torch.empty(2 * batch_size, 3, image_size, image_size)).backward()
+
+    return count_flops(step)
+
+
+def run_flops(cfg: TrainConfig, method: torch.nn.Module) -> int:
+    """Training FLOPs of the whole run of ``cfg`` (every step of every epoch; evaluation not included)."""
+    return step_flops(method, cfg.batch_size) * steps_per_epoch(cfg) * cfg.epochs
+
+
+@dataclass(frozen=True)
+class Projection:
+    """A run's projected duration from measured rates: training views/s and evaluated images/s."""
+
+    views_per_s: float
+    eval_images_per_s: float
+    train_minutes: float
+    monitor_minutes: float
+    final_minutes: float
+
+    @property
+    def minutes(self) -> float:
+        return self.train_minutes + self.monitor_minutes + self.final_minutes
+
+
+def _timed(step: Callable[[], Any], sync: Callable[[], None]) -> float:
+    """Seconds per call of ``step`` after one warm-up call: up to TIMED_STEPS calls within TIMING_BUDGET_S."""
+    step()
+    sync()
+    start, calls = time.perf_counter(), 0
+    while calls < TIMED_STEPS and (calls == 0 or time.perf_counter() - start < TIMING_BUDGET_S):
+        step()
+        calls += 1
+    sync()
+    return (time.perf_counter() - start) / calls
+
+
+def measure_views_per_s(method: torch.nn.Module, cfg: TrainConfig, device: torch.device, precision: str,
+                        batch_size: int, train_step: Callable[..., Any]) -> float:
+    """Training views/s of ``train_step`` (augmentation included) on a throwaway copy of ``method`` with
+    this process's ``batch_size``: the run's weights, optimiser and random streams are left untouched."""
+    from .augment import BatchAugment
+    from .optim import build_optimizer
+
+    model = copy.deepcopy(method).to(device)
+    optimizer = build_optimizer(model, cfg)
+    generator = torch.Generator(device).manual_seed(0)
+    images = torch.randint(0, 256, (batch_size, 32, 32, 3), dtype=torch.uint8, generator=generator, device=device)
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16")
+    memory_format = torch.channels_last if precision == "bf16" else torch.contiguous_format
+    model.to(memory_format=memory_format)
+    augment = BatchAugment()
+
+    def step() -> None:
+        views = augment.two_views(images, generator).contiguous(memory_format=memory_format)
+        train_step(model, model, optimizer, views, autocast)
+
+    return 2 * batch_size / _timed(step, _sync(device))
+
+
+def measure_eval_images_per_s(encoder: torch.nn.Module, device: torch.device, batch_size: int = 512) -> float:
+    """Images/s of the frozen encoder's forward pass (fp32, eval mode), as the probes run it."""
+    model = copy.deepcopy(encoder).to(device).eval()
+    x = torch.rand(batch_size, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)
+
+    def forward() -> None:
+        with torch.inference_mode():
+            model(x)
+
+    return batch_size / _timed(forward, _sync(device))
+
+
+def _sync(device: torch.device) -> Callable[[], None]:
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
+def project(cfg: TrainConfig, views_per_s: float, eval_images_per_s: float, epochs_left: int) -> Projection:
+    """The remaining run's minutes at the measured rates: training steps, per-epoch monitor, final probes."""
+    train_views = 2 * steps_per_epoch(cfg) * cfg.batch_size * epochs_left
+    monitor = epochs_left * (images(cfg.eval_train_per_class) + images(cfg.eval_test_per_class, TEST_PER_CLASS))
+    final = images(cfg.final_train_per_class) + images(None, TEST_PER_CLASS)
+    return Projection(views_per_s, eval_images_per_s, train_views / views_per_s / 60,
+                      monitor / eval_images_per_s / 60, final / eval_images_per_s / 60)
+
+
+def duration(minutes: float) -> str:
+    """``40 s`` / ``12 minutes`` / ``3.4 hours``."""
+    if minutes < 1:
+        return f"{minutes * 60:.0f} s"
+    return f"{minutes:.0f} minutes" if minutes < 90 else f"{minutes / 60:.1f} hours"
+
+
+def flops_text(flops: float) -> str:
+    """``81.2 GFLOP`` / ``1.06 PFLOP``."""
+    for unit, scale in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9)):
+        if flops >= scale:
+            return f"{flops / scale:.3g} {unit}"
+    return f"{flops:.3g} FLOP"
+
+
+def start_report(cfg: TrainConfig, projection: Projection, precision: str, device: torch.device,
+                 epochs_left: int, flops: int) -> str:
+    """The line a run prints before it starts: measured speed, projected time and the run's training FLOPs."""
+    where = cpu_summary() if device.type == "cpu" else str(device)
+    return (f"{cfg.method}: {projection.views_per_s:,.0f} training views/s measured on {where} in {precision}; "
+            f"projected {duration(projection.minutes)} for {epochs_left} epoch(s) (training "
+            f"{duration(projection.train_minutes)}, monitor {duration(projection.monitor_minutes)}, final probes "
+            f"{duration(projection.final_minutes)}); {flops_text(flops)} of training in all")
+
+
+def long_run_warning(cfg: TrainConfig, projection: Projection, device: torch.device) -> str | None:
+    """A warning when the projected run is longer than WARN_MINUTES on a CPU: a recipe meant for a GPU."""
+    if device.type != "cpu" or projection.minutes <= WARN_MINUTES:
         return None
-    cpu_preset, quick = (cpu_minutes(build_config(cfg.method, preset, None, {})) for preset in ("cpu", "quick"))
-    bf16 = cfg.precision == "bf16"
-    faster = "" if bf16 else f"; --precision bf16: about {_duration(minutes / FP32_SLOWDOWN)} on CPUs with AMX"
-    return (f"warning: this run ({cfg.epochs} epochs of {_images(cfg.train_per_class):,} images, width {cfg.width}, "
-            f"{'bf16' if bf16 else 'fp32'}) would take about {_duration(minutes)} on a 2-core CPU (estimated from "
-            f"measured throughput{faster}). Runs this long, like the default preset `seed`, are for a GPU: on a CPU "
-            f"use --preset cpu (the zoo's CPU recipe, about {_duration(cpu_preset)}), --preset quick (about "
-            f"{_duration(quick)}) or --preset smoke (under a minute). Starting anyway; "
-            f"stop it with Ctrl-C.")
+    return (f"warning: this run ({cfg.epochs} epochs of {images(cfg.train_per_class):,} images, width {cfg.width}) "
+            f"is projected to take {duration(projection.minutes)} on this CPU. Runs this long, like the default "
+            f"preset `seed`, are for a GPU: on a CPU use --preset cpu (the zoo's CPU recipe), --preset quick "
+            f"(minutes) or --preset smoke (under a minute). Starting anyway; stop it with Ctrl-C.")
+
+
+def emulated_bf16_warning(bf16_views_per_s: float, fp32_views_per_s: float) -> str | None:
+    """A warning for ``--precision bf16`` on a CPU that emulates bf16, with both measured speeds."""
+    if native_bf16():
+        return None
+    return (f"warning: --precision bf16 on a CPU without native bf16 ({cpu_summary()}): bf16 is emulated here, "
+            f"{bf16_views_per_s:,.0f} training views/s against {fp32_views_per_s:,.0f} in fp32 (measured: "
+            f"{fp32_views_per_s / bf16_views_per_s:.1f}x). Use --precision auto (fp32 on this CPU) unless you need "
+            f"bf16's rounding.")

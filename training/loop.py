@@ -24,7 +24,9 @@ from .augment import BatchAugment
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .distributed import all_reduce_sum, convert_batchnorm, init_distributed
-from .estimate import cpu_duration_warning
+from .estimate import (emulated_bf16_warning, long_run_warning, measure_eval_images_per_s, measure_views_per_s,
+                       project, run_flops, start_report)
+from .hardware import resolve_precision
 from .methods import METHODS, SSLMethod
 from .optim import build_optimizer, lr_at
 from .provenance import LAUNCHES, launch_record, read_launches, run_provenance
@@ -84,20 +86,23 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, re_export: bo
                   f"Pass --re-export to evaluate and export it again from its checkpoint.", flush=True)
         return json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
     resume = state != "new"
-    if env.is_main and env.device.type == "cpu" and (warning := cpu_duration_warning(cfg)):
-        print(warning, file=sys.stderr, flush=True)
     torch.manual_seed(cfg.seed)
     dev = env.device
+    method, encoder_config = build_method(cfg)
+    precision = resolve_precision(cfg.precision, dev)
+    epochs_left = cfg.epochs - (len(_read_history(out)) if resume else 0)
+    flops = run_flops(cfg, method)
+    if env.is_main and epochs_left > 0:
+        _announce(cfg, method, dev, precision, cfg.batch_size // env.world_size, epochs_left, flops)
     train_set = load_cifar10("train", cfg.data)
     test_set = load_cifar10("test", cfg.data)
     images = torch.from_numpy(_subset(train_set, cfg.train_per_class).images).to(dev)  # uint8 (N, 32, 32, 3)
     eval_bank, eval_test = _subset(train_set, cfg.eval_train_per_class), _subset(test_set, cfg.eval_test_per_class)
     _check_batching(len(images), cfg, env.world_size)
 
-    method, encoder_config = build_method(cfg)
     if env.world_size > 1:
         method = convert_batchnorm(method)
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and dev.type == "cuda")
+    bf16 = precision == "bf16"
     memory_format = torch.channels_last if bf16 else torch.contiguous_format  # fp32 CPU convs: slower
     method.to(dev, memory_format=memory_format)
     # DDP's constructor synchronises the ranks: every rank has checked the run directory before rank 0 writes.
@@ -127,23 +132,18 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, re_export: bo
         # Data order and augmentation are seeded per epoch: a resumed run replays them exactly.
         batches = epoch_batches(len(images), cfg, epoch, env.rank, env.world_size, dev)
         steps = len(batches)
-        aug_gen = torch.Generator(dev).manual_seed((cfg.seed * 1000 + epoch) * 64 + env.rank)
+        aug_gen = torch.Generator(dev).manual_seed((cfg.seed * 1000 + epoch) * 64)  # the same on every rank
         method.train()
         loss_sum, start = torch.zeros((), device=dev), time.perf_counter()
         bar = tqdm(batches, desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}", disable=not env.is_main,
                    leave=False)
         for step, index in enumerate(bar):
-            x = images[index]
-            views = augment(torch.cat([x, x]), aug_gen).contiguous(memory_format=memory_format)
+            views = augment.two_views(images[index], aug_gen, env.rank, env.world_size)
+            views = views.contiguous(memory_format=memory_format)
             lr = lr_at(cfg, epoch, step, steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with autocast:
-                loss = step_fn(views)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            method.after_step()
+            loss = train_step(step_fn, method, optimizer, views, autocast)
             loss_sum += loss.detach()
             if (step + 1) % cfg.log_every == 0:  # the only host-device sync inside an epoch
                 value = loss.item()
@@ -171,14 +171,49 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, re_export: bo
                   f"{record['images_per_s']:.0f} img/s", flush=True)
         else:
             history.append({})
-    return _finish(cfg, method, encoder_config, train_set, test_set, history, out, env)
+    return _finish(cfg, method, encoder_config, train_set, test_set, history, out, env,
+                   {"precision": precision, "train_flops": flops})
+
+
+def train_step(model: torch.nn.Module, method: SSLMethod, optimizer: torch.optim.Optimizer, views: torch.Tensor,
+               autocast: torch.autocast) -> torch.Tensor:
+    """One optimiser step on ``views`` (``model``: the method, or its DDP / compiled wrapper); returns the loss."""
+    with autocast:
+        loss = model(views)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    method.after_step()
+    return loss
+
+
+def _announce(cfg: TrainConfig, method: SSLMethod, dev: torch.device, precision: str, batch_size: int,
+              epochs_left: int, flops: int) -> None:
+    """Time a few steps on a copy of ``method`` and print the projected run time, warning when it is long
+    or when bf16 is emulated on this CPU (then with both precisions' measured speeds)."""
+    views_per_s = measure_views_per_s(method, cfg, dev, precision, batch_size, train_step)
+    projection = project(cfg, views_per_s, measure_eval_images_per_s(method.encoder, dev), epochs_left)
+    print(start_report(cfg, projection, precision, dev, epochs_left, flops), flush=True)
+    warnings = [long_run_warning(cfg, projection, dev)]
+    if dev.type == "cpu" and precision == "bf16":
+        fp32 = measure_views_per_s(method, cfg, dev, "fp32", batch_size, train_step)
+        warnings.append(emulated_bf16_warning(views_per_s, fp32))
+    for warning in filter(None, warnings):
+        print(warning, file=sys.stderr, flush=True)
+
+
+def _read_history(out: Path) -> list[dict[str, Any]]:
+    """The finished epochs recorded in ``out``'s metrics.jsonl (empty when there is none)."""
+    path = out / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
 def _subset(data: ImageArrays, per_class: int | None) -> ImageArrays:
     return data.per_class(per_class) if per_class else data
 
 
-def _finish(cfg, method, encoder_config, train_set, test_set, history, out: Path, env) -> dict[str, Any]:
+def _finish(cfg, method, encoder_config, train_set, test_set, history, out: Path, env,
+            compute: dict[str, Any]) -> dict[str, Any]:
     if not env.is_main:
         return {}
     from zoo.publish import public_training_config  # huggingface_hub: imported only when a run ends
@@ -192,7 +227,7 @@ def _finish(cfg, method, encoder_config, train_set, test_set, history, out: Path
     write_json(out / "results.json", results)
     info = {"method": cfg.method, "method_title": method.title, "dataset": "cifar10", "epochs": cfg.epochs,
             "results": results, "training": public_training_config(asdict(cfg)),
-            "provenance": run_provenance(history, env.device, env.world_size, read_launches(out)),
+            "provenance": run_provenance(history, env.device, env.world_size, read_launches(out), **compute),
             "ssl_zoo_version": zoo.__version__}
     Encoder(encoder_config, method.encoder.to(memory_format=torch.contiguous_format)).save_pretrained(out, info=info)
     print(f"{cfg.method}: k-NN (k=5) {100 * results['knn5']:.2f} %, weighted k-NN (k=200) "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -13,6 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from .hardware import cpu_summary, describe_cpu
+
+CPU_ISA_KEYS = ("capability", "avx2", "avx512", "avx512_bf16", "amx", "native_bf16")
 
 SOURCE = Path(__file__).resolve().parents[1]  # the checkout holding training/ and zoo/
 
@@ -47,17 +50,6 @@ def git_state(source: Path = SOURCE) -> tuple[str | None, bool | None]:
         return None, None
 
 
-def cpu_model() -> str | None:
-    """The CPU's model name (``/proc/cpuinfo``, else ``platform.processor()``), None when unknown."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
-
-
 def device_name(device: torch.device) -> str:
     """``cpu``, or ``cuda:0 (NVIDIA H200)`` for an accelerator."""
     return f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
@@ -81,16 +73,22 @@ def read_launches(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def run_provenance(history: list[dict[str, Any]], device: torch.device, processes: int,
-                   launches: list[dict[str, Any]]) -> dict[str, Any]:
+                   launches: list[dict[str, Any]], precision: str, train_flops: int) -> dict[str, Any]:
     """The card's provenance block for a run whose per-epoch records are ``history``: the command and
     code that started it (``launches[0]``), then each later launch's action (resume, re-export), epoch,
-    command and code; ``compute`` (device, training minutes) is what a registry entry copies."""
+    command and code; the machine (CPU model and the ISA facts that decide its speed) and the
+    ``precision`` that ran; ``compute`` (device, training minutes, training FLOPs) is what a registry
+    entry copies."""
     first, later = launches[0], launches[1:]
+    cpu = describe_cpu()
     wall_minutes = sum(r["seconds"] for r in history) / 60
     name = device_name(device)
     return {"command": first["command"], "git_commit": first["git_commit"], "git_dirty": first["git_dirty"],
             "later": [{k: r[k] for k in ("action", "epoch", "command", "git_commit", "git_dirty")} for r in later],
             "torch": torch.__version__,
-            "device": name, "cpu": cpu_model(), "cores": os.cpu_count(), "processes": processes,
+            "device": name, "cpu": cpu["model"], "cpu_isa": {k: cpu[k] for k in CPU_ISA_KEYS},
+            "cores": os.cpu_count(), "processes": processes, "precision": precision,
             "wall_minutes": round(wall_minutes, 2), "cpu_minutes": round(history[-1]["cpu_seconds"] / 60, 2),
-            "compute": {"device": name, "minutes": round(wall_minutes, 2)}}
+            "train_flops": train_flops,
+            "compute": {"device": name, "minutes": round(wall_minutes, 2), "train_flops": train_flops,
+                        "cpu": cpu_summary(cpu), "precision": precision}}

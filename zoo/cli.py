@@ -107,7 +107,7 @@ def _list(args: argparse.Namespace) -> None:
     def pct(x):
         return f"{100 * x:.2f}" if x is not None else "-"
 
-    print(f"{'name':<28} {'method':<12} {'architecture':<22} {'epochs':>6} {'compute':<24} {'k-NN %':>7} "
+    print(f"{'name':<28} {'method':<12} {'architecture':<22} {'epochs':>6} {'compute':<26} {'k-NN %':>7} "
           f"{'wk-NN %':>7} {'linear %':>8}  {'features':<8} {'solver':<7} {'train/test':<12} {'numbers from':<14} "
           "files")
     for row in list_models(args.pattern):
@@ -119,12 +119,20 @@ def _list(args: argparse.Namespace) -> None:
         origin = ("-" if not results else "ssl-zoo probe" if row["source"] == "built locally" else "training run")
         architecture = (f"{row['architecture']}" + (f" w{row['width']}" if row["width"] else "")
                         if row["architecture"] else "-")
-        compute = (f"{row['compute']['device']} {row['compute']['minutes']:.0f} min" if row["compute"] else "-")
+        compute = _compute_text(row["compute"])
         epochs = "-" if row["epochs"] is None else row["epochs"]
-        print(f"{row['name']:<28} {row['method'] or '-':<12} {architecture:<22} {epochs:>6} {compute:<24} "
+        print(f"{row['name']:<28} {row['method'] or '-':<12} {architecture:<22} {epochs:>6} {compute:<26} "
               f"{pct(results.get('knn5')):>7} {pct(results.get('knn200')):>7} {pct(results.get('linear')):>8}  "
               f"{features:<8} {protocol.get('linear', {}).get('solver', '-'):<7} {images:<12} {origin:<14} "
               f"{row['source']}")
+
+
+def _compute_text(compute: dict | None) -> str:
+    """``cpu 83 min, 1.06 PFLOP``: training time on its machine and training FLOPs (the same on every machine)."""
+    if not compute:
+        return "-"
+    flops = f", {compute['train_flops'] / 1e15:.2f} PFLOP" if compute.get("train_flops") else ""
+    return f"{compute['device']} {compute['minutes']:.0f} min{flops}"
 
 
 def add_probe_arguments(p: argparse.ArgumentParser) -> None:
