@@ -85,8 +85,11 @@ def test_seed_hyperparameters_are_the_notebooks():
         assert (cfg.optimizer, cfg.lr, cfg.weight_decay) == ("adamw", lr, weight_decay), name
         assert (cfg.batch_size, cfg.epochs, cfg.width, cfg.proj_hidden, cfg.proj_out) == (256, 50, 64, 2048, 128)
     assert build_config("simclr", "seed", None, {}).method_options == {"temperature": 0.5}
-    assert build_config("byol", "seed", None, {}).method_options == {"ema": 0.99}
+    assert build_config("byol", "seed", None, {}).method_options == {"ema": 0.99, "ema_schedule": "constant"}
     assert build_config("barlowtwins", "seed", None, {}).method_options == {"alpha": 0.005}
+    for name in ("simclr", "byol", "barlowtwins"):  # every option beyond the notebook is off
+        cfg = build_config(name, "seed", None, {})
+        assert (cfg.local_crops, cfg.progressive_epochs, cfg.bn_recalibrate) == (0, 0, False)
 
 
 def test_seed_learning_rate_per_step_is_the_notebooks():
@@ -166,7 +169,7 @@ def test_seed_byol_ema_is_the_notebooks():
     target = [*method.target_encoder.parameters(), *method.target_projector.parameters()]
     expected = [0.99 * t + (1 - 0.99) * o for o, t in zip(online, target)]
     buffers = {k: b.clone() for k, b in method.target_encoder.named_buffers()}
-    method.after_step()
+    method.after_step(0.5)
     for got, want in zip(target, expected):
         torch.testing.assert_close(got, want)
     assert all(torch.equal(b, buffers[k]) for k, b in method.target_encoder.named_buffers())

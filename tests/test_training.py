@@ -26,6 +26,7 @@ from training.cli import COMMANDS
 from training.config import TrainConfig, add_config_arguments, build_config, overrides_from_args
 from training import estimate, hardware
 from training.loop import TrainingDiverged, build_method, train
+from training.resume import run_state
 from training.losses import byol_loss
 from training.methods import METHODS, Recipe, SSLMethod
 from training.optim import LARS, build_optimizer
@@ -99,7 +100,8 @@ def test_the_published_config_has_provenance_and_no_local_paths(smoke_run):
     assert prov["cpu_minutes"] == pytest.approx(metrics[-1]["cpu_seconds"] / 60, abs=0.01)
     cfg = build_config("simclr", "smoke", None, {})
     method, _ = build_method(cfg)
-    assert prov["train_flops"] == estimate.step_flops(method, cfg.batch_size) * (400 // 64) * 2 > 0
+    assert prov["train_flops"] == estimate.step_flops(method, [(2 * 64, 3, 32, 32)]) * (400 // 64) * 2 > 0
+    assert metrics[-1]["train_flops"] == prov["train_flops"] == 2 * metrics[0]["train_flops"]
     assert prov["compute"] == {"device": "cpu", "minutes": prov["wall_minutes"], "train_flops": prov["train_flops"],
                                "cpu": hardware.cpu_summary(), "precision": prov["precision"]}
 
@@ -163,10 +165,10 @@ def test_resume_of_a_run_stopped_in_its_first_epoch_starts_it_again(tmp_path):
     run.mkdir()
     (run / "train_config.json").write_text(json.dumps(asdict(cfg)))
     (run / "metrics.jsonl").write_text("")
-    assert loop._run_state(run, cfg, resume=True) == "new"  # nothing to lose
+    assert run_state(run, cfg, resume=True) == "new"  # nothing to lose
     (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1}) + "\n")  # an epoch done, its checkpoint gone
     with pytest.raises(FileNotFoundError, match="checkpoint.safetensors is missing"):
-        loop._run_state(run, cfg, resume=True)
+        run_state(run, cfg, resume=True)
 
 
 @pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp32")])
@@ -195,8 +197,8 @@ def test_training_flops_are_counted_by_torch_without_computing():
 
     with FlopCounterMode(display=False) as real:  # the same step on real tensors
         method(torch.rand(2 * 8, 3, 32, 32)).backward()
-    assert estimate.step_flops(method, 8) == real.get_total_flops() > 0
-    assert estimate.run_flops(cfg, method) == estimate.step_flops(method, 256) * 195 * 50
+    assert estimate.step_flops(method, [(16, 3, 32, 32)]) == real.get_total_flops() > 0
+    assert estimate.run_flops(cfg, method) == estimate.step_flops(method, [(512, 3, 32, 32)]) * 195 * 50
     assert estimate.flops_text(1.06e15) == "1.06 PFLOP" and estimate.flops_text(8.1e10) == "81 GFLOP"
 
 
@@ -215,12 +217,11 @@ def test_every_run_measures_its_speed_and_warns_past_two_hours(tmp_path, monkeyp
     seed = build_config("simclr", "seed", None, {"device": "cpu"})
     measured = []
 
-    def slow(method, cfg, device, precision, batch_size, step):  # a CPU that trains 50 views/s
+    def slow(method, cfg, device, precision, batch_size, epoch, step):  # a CPU that trains 50 views/s
         measured.append((batch_size, precision))
-        return 50.0
+        return 2 * batch_size / 50.0
 
-    monkeypatch.setattr(estimate, "measure_views_per_s", slow)
-    monkeypatch.setattr(loop, "measure_views_per_s", slow)
+    monkeypatch.setattr(loop, "measure_step_seconds", slow)
     stop = _stop_at_data_loading(monkeypatch)
     with pytest.raises(stop):
         train(seed, tmp_path / "run")
@@ -245,7 +246,7 @@ def test_forced_bf16_on_a_cpu_without_it_warns_with_both_measured_speeds(tmp_pat
     monkeypatch.setattr(hardware, "native_bf16", lambda isa=None: False)
     monkeypatch.setattr(estimate, "native_bf16", lambda isa=None: False)
     rates = {"bf16": 45.0, "fp32": 464.0}
-    monkeypatch.setattr(loop, "measure_views_per_s", lambda m, c, d, precision, b, s: rates[precision])
+    monkeypatch.setattr(loop, "measure_step_seconds", lambda m, c, d, precision, b, e, s: 2 * b / rates[precision])
     stop = _stop_at_data_loading(monkeypatch)
     with pytest.raises(stop):
         train(build_config("simclr", "smoke", None, {"precision": "bf16"}), tmp_path / "run")
@@ -275,7 +276,10 @@ def test_python_m_training_runs_without_the_installed_entry_points(tmp_path):
                             timeout=TIMEOUT)
     assert helped.returncode == 0, helped.stderr[-3000:]
     text = " ".join(helped.stdout.split())
-    assert "training epochs (default: 50; preset cpu: simclr 50, byol 40, barlowtwins 50, quick: 15, smoke: 2)" in text
+    from training.config import preset_values
+
+    per_method = ", ".join(f"{m} {preset_values('cpu', m).get('epochs', 50)}" for m in METHODS)
+    assert f"training epochs (default: 50; preset cpu: {per_method}, quick: 15, smoke: 2)" in text
     assert "auto|cpu|cuda|cuda:N" in text and "--re-export" in text
     failed = subprocess.run([sys.executable, "-c", code, "train", "byol", "--out", str(tmp_path / "none"), "--resume"],
                             capture_output=True, text=True, env=env, timeout=TIMEOUT)
@@ -421,7 +425,7 @@ def test_a_fourth_method_is_one_class_and_one_table_line(monkeypatch):
     before = method.encoder.conv1.weight.detach().clone()
     loss.backward()
     optimizer.step()
-    method.after_step()
+    method.after_step(0.5)
     assert torch.isfinite(loss) and not torch.equal(before, method.encoder.conv1.weight)
 
 

@@ -214,16 +214,16 @@ class BatchAugment:
         x = torch.where(params.gray.view(-1, 1, 1, 1), grayscale(x).expand_as(x), x)
         return gaussian_blur3(x, params.sigma)
 
-    def two_views(self, images: torch.Tensor, generator: torch.Generator, rank: int = 0,
-                  world_size: int = 1) -> torch.Tensor:
-        """Two views of each of this rank's uint8 ``images`` (view 1 block, then view 2 block), with the
-        parameters a single process draws for the global batch (``world_size`` equal parts, this rank's
-        part ``rank``): a torchrun job augments every image exactly as one process would."""
+    def views(self, images: torch.Tensor, generator: torch.Generator, copies: int = 2, rank: int = 0,
+              world_size: int = 1) -> torch.Tensor:
+        """``copies`` views of each of this rank's uint8 ``images`` (copy by copy: view 1 of every image, then
+        view 2, ...), with the parameters a single process draws for the global batch (``world_size``
+        equal parts, this rank's part ``rank``): a torchrun job augments every image as one process would."""
         b = len(images)
         n = b * world_size
         own = torch.arange(rank * b, (rank + 1) * b, device=images.device)
-        params = self.draw(2 * n, images.shape[1], images.shape[2], generator, images.device)
-        return self.apply(torch.cat([images, images]), params[torch.cat([own, own + n])])
+        params = self.draw(copies * n, images.shape[1], images.shape[2], generator, images.device)
+        return self.apply(images.repeat(copies, 1, 1, 1), params[torch.cat([own + c * n for c in range(copies)])])
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         g = generator or torch.Generator(images.device).manual_seed(int(torch.randint(2**62, ())))

@@ -12,6 +12,7 @@ from .methods import METHODS, VIEWS, Recipe
 from .optim import OPTIMIZERS, SCHEDULES
 
 PRECISIONS = ("auto", "bf16", "fp32")
+IMAGE_SIZE = 32  # CIFAR-10's side: the global views' size (after any progressive-resolution epochs)
 RECIPE_FIELDS = tuple(f.name for f in fields(Recipe))  # None in TrainConfig: the method's seed value
 PER_CLASS_FIELDS = ("train_per_class", "eval_train_per_class", "eval_test_per_class", "final_train_per_class")
 CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "views": VIEWS, "precision": PRECISIONS}
@@ -50,6 +51,17 @@ class TrainConfig:
     width: int = _doc(64, "ResNet-18 base width (64: the standard network, 512-d features)")
     proj_hidden: int = _doc(2048, "hidden size of the projector (and BYOL's predictor)")
     proj_out: int = _doc(128, "output size of the projector")
+    local_crops: int = _doc(0, "multi-crop: small local crops per image besides the two global views, each "
+                            "one's loss taken against both global views (0: off)")
+    local_size: int = _doc(16, "side of each local crop in pixels (kept small: a 16-px crop costs a quarter of "
+                           "a 32-px view)")
+    local_scale_min: float = _doc(0.1, "smallest area of a local crop, as a fraction of the image")
+    local_scale_max: float = _doc(0.4, "largest area of a local crop, as a fraction of the image")
+    progressive_size: int = _doc(32, "progressive resolution: the global views' side in the first epoch, "
+                                 "growing linearly to 32 px over --progressive-epochs")
+    progressive_epochs: int = _doc(0, "epochs over which the global views grow to 32 px (0: off)")
+    bn_recalibrate: bool = _doc(False, "recompute the encoder's BatchNorm statistics on unaugmented 32-px "
+                                "training images before each evaluation (FixRes-style)")
     shuffle: bool = _doc(True, "a fresh data order every epoch, seeded by (seed, epoch)")
     drop_last: bool = _doc(True, "drop each epoch's partial last batch")
     train_per_class: int | None = _doc(None, "training images per class (all: 5,000)")
@@ -98,6 +110,15 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1{' or all' if name in PER_CLASS_FIELDS else ''}, got {value}")
+        if self.local_crops < 0 or not 4 <= self.local_size <= IMAGE_SIZE:
+            raise ValueError(f"local_crops must be >= 0 and local_size in 4..{IMAGE_SIZE}, got {self.local_crops} "
+                             f"and {self.local_size}")
+        if not 0 < self.local_scale_min <= self.local_scale_max <= 1:
+            raise ValueError(f"local crop scales must satisfy 0 < min <= max <= 1, got {self.local_scale_min} and "
+                             f"{self.local_scale_max}")
+        if not 8 <= self.progressive_size <= IMAGE_SIZE or not 0 <= self.progressive_epochs <= self.epochs:
+            raise ValueError(f"progressive_size must be in 8..{IMAGE_SIZE} and progressive_epochs in 0..epochs "
+                             f"({self.epochs}), got {self.progressive_size} and {self.progressive_epochs}")
         if self.batch_size < 2:
             raise ValueError("batch_size must be at least 2 (contrastive and batch-statistics losses)")
         if not self.lr > 0 or self.weight_decay < 0:

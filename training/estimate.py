@@ -44,24 +44,40 @@ def count_flops(fn: Callable[[], Any]) -> int:
     return counter.get_total_flops()
 
 
-def step_flops(method: torch.nn.Module, batch_size: int, image_size: int = 32) -> int:
-    """Training FLOPs of one step of ``method`` on a global batch of ``batch_size`` images (two views each)."""
+def step_flops(method: torch.nn.Module, shapes: list[tuple[int, ...]]) -> int:
+    """Training FLOPs of one step of ``method`` on inputs of ``shapes`` (global views, then local crops)."""
     model = copy.deepcopy(method).train()
 
     def step() -> None:
-        model(torch.empty(2 * batch_size, 3, image_size, image_size)).backward()
+        model(*(torch.empty(shape) for shape in shapes)).backward()
 
     return count_flops(step)
 
 
+def epoch_flops(cfg: TrainConfig, method: torch.nn.Module) -> list[int]:
+    """Training FLOPs of each epoch of ``cfg`` (every step on the global batch; evaluation not included)."""
+    from .views import ViewMaker
+
+    views, per_step = ViewMaker(cfg), {}
+    flops = []
+    for epoch in range(cfg.epochs):
+        shapes = views.shapes(cfg.batch_size, epoch)
+        key = tuple(shapes)
+        if key not in per_step:
+            per_step[key] = step_flops(method, shapes)
+        flops.append(per_step[key] * steps_per_epoch(cfg))
+    return flops
+
+
 def run_flops(cfg: TrainConfig, method: torch.nn.Module) -> int:
-    """Training FLOPs of the whole run of ``cfg`` (every step of every epoch; evaluation not included)."""
-    return step_flops(method, cfg.batch_size) * steps_per_epoch(cfg) * cfg.epochs
+    """Training FLOPs of the whole run of ``cfg``."""
+    return sum(epoch_flops(cfg, method))
 
 
 @dataclass(frozen=True)
 class Projection:
-    """A run's projected duration from measured rates: training views/s and evaluated images/s."""
+    """A run's projected duration from measured rates: training FLOP/s (and the views/s of its first
+    remaining epoch) and evaluated images/s."""
 
     views_per_s: float
     eval_images_per_s: float
@@ -86,12 +102,12 @@ def _timed(step: Callable[[], Any], sync: Callable[[], None]) -> float:
     return (time.perf_counter() - start) / calls
 
 
-def measure_views_per_s(method: torch.nn.Module, cfg: TrainConfig, device: torch.device, precision: str,
-                        batch_size: int, train_step: Callable[..., Any]) -> float:
-    """Training views/s of ``train_step`` (augmentation included) on a throwaway copy of ``method`` with
+def measure_step_seconds(method: torch.nn.Module, cfg: TrainConfig, device: torch.device, precision: str,
+                         batch_size: int, epoch: int, train_step: Callable[..., Any]) -> float:
+    """Seconds of one ``train_step`` of ``epoch`` (augmentation included) on a throwaway copy of ``method`` with
     this process's ``batch_size``: the run's weights, optimiser and random streams are left untouched."""
-    from .augment import BatchAugment
     from .optim import build_optimizer
+    from .views import ViewMaker
 
     model = copy.deepcopy(method).to(device)
     optimizer = build_optimizer(model, cfg)
@@ -100,13 +116,12 @@ def measure_views_per_s(method: torch.nn.Module, cfg: TrainConfig, device: torch
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16")
     memory_format = torch.channels_last if precision == "bf16" else torch.contiguous_format
     model.to(memory_format=memory_format)
-    augment = BatchAugment()
+    make_views = ViewMaker(cfg, memory_format)
 
     def step() -> None:
-        views = augment.two_views(images, generator).contiguous(memory_format=memory_format)
-        train_step(model, model, optimizer, views, autocast)
+        train_step(model, model, optimizer, make_views(images, generator, epoch), autocast, 0.0)
 
-    return 2 * batch_size / _timed(step, _sync(device))
+    return _timed(step, _sync(device))
 
 
 def measure_eval_images_per_s(encoder: torch.nn.Module, device: torch.device, batch_size: int = 512) -> float:
@@ -125,12 +140,18 @@ def _sync(device: torch.device) -> Callable[[], None]:
     return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
 
-def project(cfg: TrainConfig, views_per_s: float, eval_images_per_s: float, epochs_left: int) -> Projection:
-    """The remaining run's minutes at the measured rates: training steps, per-epoch monitor, final probes."""
-    train_views = 2 * steps_per_epoch(cfg) * cfg.batch_size * epochs_left
+def project(cfg: TrainConfig, flops: list[int], step_seconds: float, first_epoch: int,
+            eval_images_per_s: float) -> Projection:
+    """The run's minutes from ``first_epoch`` on: each epoch's training FLOPs (``flops``) at the FLOP rate of
+    the measured step (``step_seconds``, in ``first_epoch``), the per-epoch monitor and the final probes at the
+    measured evaluation rate."""
+    steps = steps_per_epoch(cfg)
+    flops_per_s = flops[first_epoch] / steps / step_seconds
+    epochs_left = cfg.epochs - first_epoch
     monitor = epochs_left * (images(cfg.eval_train_per_class) + images(cfg.eval_test_per_class, TEST_PER_CLASS))
     final = images(cfg.final_train_per_class) + images(None, TEST_PER_CLASS)
-    return Projection(views_per_s, eval_images_per_s, train_views / views_per_s / 60,
+    views = (2 + cfg.local_crops) * cfg.batch_size
+    return Projection(views / step_seconds, eval_images_per_s, sum(flops[first_epoch:]) / flops_per_s / 60,
                       monitor / eval_images_per_s / 60, final / eval_images_per_s / 60)
 
 

@@ -77,3 +77,26 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, alpha: float = 0.005) 
     d = len(c)
     off_diagonal = c.flatten()[:-1].view(d - 1, d + 1)[:, 1:]  # summed directly: no cancellation near C = I
     return (1 - torch.diagonal(c)).pow(2).sum() + alpha * off_diagonal.pow(2).sum()
+
+
+@_in_fp32
+def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, sim_weight: float = 25.0, var_weight: float = 25.0,
+                cov_weight: float = 1.0, eps: float = 1e-4) -> torch.Tensor:
+    """VICReg (Bardes et al., 2022): ``sim_weight`` x mean squared distance between the views, plus for each
+    view ``var_weight`` x the mean hinge ``relu(1 - sqrt(var + eps))`` of each dimension's standard deviation
+    and ``cov_weight`` x the sum of squared off-diagonal covariances / d. Variance and covariance are taken
+    over the global batch (every rank's rows, gradients flowing back to each)."""
+    invariance = F.mse_loss(z1, z2)
+    regularisers = [_variance_covariance(all_gather_cat(z), eps) for z in (z1, z2)]
+    return (sim_weight * invariance + var_weight * sum(v for v, _ in regularisers)
+            + cov_weight * sum(c for _, c in regularisers))
+
+
+def _variance_covariance(z: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """VICReg's two regularisers of one view's projections ``z`` (N, d): std hinge, off-diagonal covariance."""
+    n, d = z.shape
+    z = z - z.mean(0)
+    std = torch.sqrt(z.var(0) + eps)
+    cov = z.T @ z / (n - 1)
+    off_diagonal = cov.flatten()[:-1].view(d - 1, d + 1)[:, 1:]
+    return F.relu(1 - std).mean(), off_diagonal.pow(2).sum() / d

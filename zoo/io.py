@@ -48,3 +48,8 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """``atomic_write`` of ``obj`` as indented JSON with a final newline."""
     write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def write_jsonl(path: str | os.PathLike, rows: list[Any]) -> None:
+    """``atomic_write`` of ``rows`` as JSON lines."""
+    write_bytes(path, "".join(json.dumps(row) + "\n" for row in rows).encode())

@@ -19,13 +19,12 @@ from huggingface_hub.errors import HfHubHTTPError
 from .hub import endpoint
 from .io import sha256_file, write_json
 from .model import CONFIG_NAME, WEIGHTS_NAME, Encoder, read_config
+from .rundir import PROVENANCE_FILES, TRAIN_CONFIG, public_training_config
 from . import registry
 
 TEMPLATE = resources.files("model_cards") / "template.md"
 PROBE_NAMES = {"knn5": "k-NN accuracy (k=5)", "knn200": "weighted k-NN accuracy (k=200)", "linear": "linear probe accuracy"}
-PROVENANCE_FILES = ("train_config.json", "metrics.jsonl", "results.json", "curves.png")
 CHECK_PER_CLASS = (500, 100)  # train / test images per class of a bundled tag's quick re-check
-LOCAL_KEYS = ("data", "device")  # machine-local settings: never published
 
 
 def _run_info(run_dir: Path) -> dict[str, Any]:
@@ -36,11 +35,6 @@ def _run_info(run_dir: Path) -> dict[str, Any]:
     if not info.get("results") or "method" not in info:
         raise ValueError(f"{run_dir / CONFIG_NAME} has no method or results: is this a finished training run?")
     return info
-
-
-def public_training_config(training: dict[str, Any]) -> dict[str, Any]:
-    """A training config without machine-local settings (data path, device)."""
-    return {k: v for k, v in training.items() if k not in LOCAL_KEYS}
 
 
 def describe_protocol(name: str, protocol: dict[str, Any]) -> str:
@@ -199,6 +193,6 @@ def _reprobe(run_dir: str | os.PathLike, results: dict[str, Any], protocol: dict
 def _public_file(run_dir: Path, name: str) -> bytes:
     """A provenance file as published: the training config without machine-local settings."""
     data = (run_dir / name).read_bytes()
-    if name == "train_config.json":
+    if name == TRAIN_CONFIG:
         data = (json.dumps(public_training_config(json.loads(data)), indent=2) + "\n").encode()
     return data

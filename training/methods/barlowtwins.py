@@ -23,6 +23,8 @@ class BarlowTwins(SSLMethod):
         self.projector = mlp(encoder.feature_dim, hidden, out, batchnorm=True)
         self.alpha = alpha
 
-    def forward(self, views: torch.Tensor) -> torch.Tensor:
-        z1, z2 = self.per_view(lambda x: self.projector(self.encoder(x)), views)
-        return barlow_twins_loss(z1, z2, self.alpha)
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.encoder(x))
+
+    def pair_loss(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return barlow_twins_loss(a, b, self.alpha)

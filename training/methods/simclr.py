@@ -23,6 +23,8 @@ class SimCLR(SSLMethod):
         self.projector = mlp(encoder.feature_dim, hidden, out, batchnorm=False)
         self.temperature = temperature
 
-    def forward(self, views: torch.Tensor) -> torch.Tensor:
-        z1, z2 = self.per_view(lambda x: self.projector(self.encoder(x)), views)
-        return nt_xent(z1, z2, self.temperature)
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.encoder(x))
+
+    def pair_loss(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return nt_xent(a, b, self.temperature)
