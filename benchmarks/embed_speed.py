@@ -11,7 +11,7 @@ worker start-up and the ONNX export are left out (the end-to-end rate is shown t
 own rate is measured on pre-decoded, preprocessed batches of 256 right before and right after each
 pipeline run (their mean is the reference). CPU time per image (this process and its finished
 children, the workers) is reported beside, as it does not depend on other jobs. Memory:
-`python -m zoo.collection` with the seed's random-init ResNet-18 (512-d, shards of 10,000) on 10,000
+`python -m zoo embed` with the seed's random-init ResNet-18 (512-d, shards of 10,000) on 10,000
 and 100,000 images (the train split listed twice); peak RSS (VmHWM) of the main process and of the
 largest DataLoader worker.
 """
@@ -33,7 +33,8 @@ import torch
 
 import zoo
 from report import RESULTS, write_report
-from zoo.collection import embed_collection, onnx_forward
+from zoo.onnx import encoder_session
+from zoo.retrieval.embed import embed_collection
 
 CIFAR10 = Path(os.environ.get("SSL_ZOO_DATA", Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg"))
 BATCH, SHARD = 256, 1000
@@ -92,9 +93,9 @@ def _children(pid: int) -> list[int]:
 
 
 def peak_rss_mb(source: str, out: Path) -> tuple[float, float]:
-    """Peak RSS (MB) of `python -m zoo.collection SOURCE --model random-init-resnet18`: (main process, largest
+    """Peak RSS (MB) of `python -m zoo embed SOURCE --model random-init-resnet18`: (main process, largest
     DataLoader worker), polling /proc VmHWM (wait4's ru_maxrss would inherit this process's peak at exec)."""
-    proc = subprocess.Popen([sys.executable, "-m", "zoo.collection", source, "--model", "random-init-resnet18",
+    proc = subprocess.Popen([sys.executable, "-m", "zoo", "embed", source, "--model", "random-init-resnet18",
                              "--out", str(out)], stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     main_kb, worker_kb = 0, 0
     while proc.poll() is None:
@@ -122,7 +123,11 @@ def main() -> None:
     inputs = [("cifar10:test folder", "cifar10:test", "torch"),
               ("3,000 train JPEGs (list)", str(train_list(tmp / "train3000.txt", 300)), "torch"),
               ("3,000 train JPEGs (list)", str(tmp / "train3000.txt"), "onnx")]
-    ort_forward = onnx_forward(encoder)
+    session = encoder_session(encoder)
+
+    def ort_forward(x: torch.Tensor) -> torch.Tensor:  # the graph `embed --backend onnx` runs
+        return torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+
     rows = []
     for i, (name, source, backend) in enumerate(inputs):
         forward = torch_forward if backend == "torch" else ort_forward
@@ -155,7 +160,7 @@ def main() -> None:
         f"depend on other jobs sharing the cores; embed's includes decoding in the workers, start-up and (ONNX) "
         f"the export. Decoding runs in "
         f"{min(4, os.cpu_count() or 1)} DataLoader workers beside the model; batch {BATCH}, shards of {SHARD}. "
-        f"Peak RSS of `python -m zoo.collection` (seed's random-init ResNet-18, 512-d, shards of 10,000), main "
+        f"Peak RSS of `python -m zoo embed` (seed's random-init ResNet-18, 512-d, shards of 10,000), main "
         f"process: {rss}. {load_note(load)} Command: `nice -n 10 python benchmarks/embed_speed.py`."))
     data = json.loads((RESULTS / "embed.json").read_text())
     (RESULTS / "embed.json").write_text(json.dumps({**data, "memory": memory}, indent=2) + "\n")

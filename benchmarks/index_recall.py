@@ -5,7 +5,7 @@ search latency as the row count grows (what sets ``FLAT_MAX_ROWS`` and ``DEFAULT
 
 Embeds cifar10:train (the index) and cifar10:test (10,000 queries) with the seed's random-init
 ResNet-18 (512-d) into ~/ssl-zoo-runs/index-bench (a rerun resumes or reuses them), builds the exact
-index (IndexFlatIP) and the IVF-Flat index (nlist = 4 sqrt(N)) with `zoo.neighbors.build_index`,
+index (IndexFlatIP) and the IVF-Flat index (nlist = 4 sqrt(N)) with `zoo.retrieval.index.build_index`,
 and sweeps nprobe. Latency: one query at a time, median of 200; throughput: all 10,000 queries in
 one call. Exact search on 200,000 and 500,000 random unit vectors shows how its latency grows.
 """
@@ -22,8 +22,9 @@ import numpy as np
 
 from embed_speed import load_note
 from report import write_report
-from zoo.collection import embed_collection, load_collection
-from zoo.neighbors import DEFAULT_NPROBE, FLAT_MAX_ROWS, NeighborIndex, _unit, build_index
+from zoo.retrieval.embed import embed_collection
+from zoo.retrieval.shards import load_collection
+from zoo.retrieval.index import DEFAULT_NPROBE, FLAT_MAX_ROWS, NeighborIndex, _unit, build_index
 
 RUNS = Path.home() / "ssl-zoo-runs" / "index-bench"
 K = 10

@@ -20,7 +20,7 @@ from report import write_report
 from training.config import build_config
 from training.loop import build_method, train
 from zoo import load_cifar10
-from zoo.probes import evaluate
+from zoo.eval.probes import evaluate
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ import torch
 import zoo
 from report import write_report
 from serving.decode import decode_image
-from serving.onnx_export import export_onnx, onnx_session
+from zoo.onnx import export_onnx, onnx_session
 from serving_common import (jpegs, model_dir, multipart_upload, process_tree_cpu_s, run_raw_load, start_server,
                             stop_server)
 

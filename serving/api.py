@@ -3,7 +3,7 @@
 
 The model is resolved and verified once, in the parent (``zoo.fetch``: no model is built there);
 each inference worker builds it from the resolved local files. The ONNX backend's file is exported
-once per set of weights (cached, see ``onnx_export.cached_export``) or given, and refused unless
+once per set of weights (cached, see ``zoo.onnx.cached_export``) or given, and refused unless
 its metadata matches the model. An index for ``/search`` is opened once here too, and refused unless
 the served model embedded it.
 """
@@ -19,18 +19,19 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 import zoo
-from zoo.neighbors import NeighborIndex
+from zoo.onnx import cached_export, check_metadata, model_metadata
+from zoo.retrieval.index import NeighborIndex
 
 from .batching import GapBatchingLoop
 from .config import Limits, SearchSettings, ServedModel, model_aliases
 from .http_guard import guarded_protocol
+from .ipc_transport import IpcTransport
 from .litserve_compat import EmbeddingLitServer
-from .onnx_export import cached_export, check_metadata, model_metadata
 from .routes import ImageEmbeddingSpec
 from .worker import HEALTH_PATH, EncoderAPI, Unauthorized
 
 if TYPE_CHECKING:
-    from zoo.sources import Resolved
+    from zoo.hub.sources import Resolved
 
 
 def served_model(model: str, resolved: Resolved, backend: str) -> ServedModel:
@@ -75,7 +76,8 @@ def build_server(model: str, *, backend: str = "torch", max_batch_size: int = 16
         index_info = check_index(search.directory, served) | {"k": search_k, "max_k": max_search_k}
     onnx_path = None
     if backend == "onnx":
-        onnx_path = Path(onnx_file) if onnx_file else cached_export(resolved, served.dim)
+        onnx_path = Path(onnx_file) if onnx_file else cached_export(resolved.config, resolved.provenance, served.dim,
+                                                                    lambda: resolved.load("cpu"))
         check_metadata(onnx_path, model_metadata(resolved.config, resolved.provenance, served.dim))
     elif onnx_file:
         raise ValueError("--onnx-file is for --backend onnx")
@@ -89,7 +91,8 @@ def build_server(model: str, *, backend: str = "torch", max_batch_size: int = 16
                 "limits": limits.as_dict(), "index": index_info}
     server = EmbeddingLitServer(api, accelerator=accelerator, workers_per_device=workers,
                                 timeout=limits.request_timeout, healthcheck_path=HEALTH_PATH, model_metadata=metadata,
-                                restart_workers=True, disable_openapi_url=api_key is not None)
+                                restart_workers=True, disable_openapi_url=api_key is not None,
+                                make_transport=IpcTransport.create)
     server.app.add_exception_handler(Unauthorized, _unauthorized)
     return server
 

@@ -17,10 +17,7 @@ from __future__ import annotations
 import time
 from queue import Empty, Queue
 
-from litserve import LitAPI
-from litserve.loops import BatchedLoop
-
-from .litserve_compat import SENTINEL, MessageTransport, StopLoop
+from .litserve_compat import SENTINEL, BatchedLoop, LitAPI, MessageTransport, StopLoop
 
 
 class GapBatchingLoop(BatchedLoop):

@@ -14,7 +14,8 @@ import orjson
 from starlette.formparsers import MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 
-from .decode import BadRequest, decode_base64
+from .decode import decode_base64
+from .errors import HTTPError
 
 RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff",
                    "application/octet-stream")
@@ -38,7 +39,7 @@ class BodyBudget:
     def take(self, n: int) -> None:
         """Hold ``n`` more bytes, or refuse the request."""
         if self.used + n > self.limit:
-            raise BadRequest(429, f"the server is busy receiving other requests ({self.limit} bytes of bodies in "
+            raise HTTPError(429, f"the server is busy receiving other requests ({self.limit} bytes of bodies in "
                              "flight); retry in a moment")
         self.used += n
 
@@ -57,7 +58,7 @@ async def request_body(request: Request, max_bytes: int, timeout: float, budget:
     (413), when it takes over ``timeout`` s to arrive (408), or when the budget is spent (429)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
-        raise BadRequest(413, f"request body of {declared} bytes is over the limit of {max_bytes}; "
+        raise HTTPError(413, f"request body of {declared} bytes is over the limit of {max_bytes}; "
                          "send fewer or smaller images per request")
     chunks, held = [], 0
     try:
@@ -65,16 +66,16 @@ async def request_body(request: Request, max_bytes: int, timeout: float, budget:
             async with asyncio.timeout(timeout):
                 async for chunk in request.stream():
                     if held + len(chunk) > max_bytes:
-                        raise BadRequest(413, f"request body is over the limit of {max_bytes} bytes; "
+                        raise HTTPError(413, f"request body is over the limit of {max_bytes} bytes; "
                                          "send fewer or smaller images per request")
                     budget.take(len(chunk))
                     held += len(chunk)
                     chunks.append(chunk)
         except TimeoutError:
-            raise BadRequest(408, f"the request body did not arrive within {timeout:g} s ({held} bytes came); "
+            raise HTTPError(408, f"the request body did not arrive within {timeout:g} s ({held} bytes came); "
                              "send it faster or in smaller requests") from None
         except ClientDisconnect:
-            raise BadRequest(400, "the client disconnected before sending the whole body") from None
+            raise HTTPError(400, "the client disconnected before sending the whole body") from None
         body, chunks = b"".join(chunks), None
         yield body
     finally:
@@ -90,26 +91,26 @@ def content_kind(request: Request) -> str:
         return "json"
     if ctype in RAW_IMAGE_TYPES:
         return "image"
-    raise BadRequest(415, f"unsupported content type {ctype!r}: send {ACCEPTED}")
+    raise HTTPError(415, f"unsupported content type {ctype!r}: send {ACCEPTED}")
 
 
 def parse_json_object(body: bytes, max_images: int) -> dict[str, Any]:
     """A JSON object, refused unless its structure fits this API's bodies."""
     if not body:
-        raise BadRequest(400, f"empty request body: send {ACCEPTED}")
+        raise HTTPError(400, f"empty request body: send {ACCEPTED}")
     # Bounded before parsing: 32 MB of "[[[[" or "{},{}," would become millions of Python objects,
     # about 20x the body in memory. Base64 and data URLs hold no brackets and one comma per image.
     if body.count(b"[") + body.count(b"{") > _MAX_CONTAINERS or body.count(b",") > 2 * max_images + 32:
-        raise BadRequest(400, "the JSON body has more structure than this API takes: send an object such as "
+        raise HTTPError(400, "the JSON body has more structure than this API takes: send an object such as "
                          "{\"images\": [\"<base64>\", ...]} (or {\"input\": [...]} for /v1/embeddings)")
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as e:
         hint = (" The body looks like a raw image file: send it with its content type (e.g. content-type: "
                 "image/jpeg), or as multipart or base64 JSON.") if body.startswith(_IMAGE_MAGIC) else ""
-        raise BadRequest(400, f"malformed JSON ({e}).{hint}") from e
+        raise HTTPError(400, f"malformed JSON ({e}).{hint}") from e
     if not isinstance(payload, dict):
-        raise BadRequest(400, f"the JSON body must be an object, got {type(payload).__name__}: send "
+        raise HTTPError(400, f"the JSON body must be an object, got {type(payload).__name__}: send "
                          "{\"images\": [\"<base64>\", ...]} (or {\"input\": [...]} for /v1/embeddings)")
     return payload
 
@@ -118,7 +119,7 @@ def check_keys(payload: dict[str, Any], known: tuple[str, ...], where: str) -> N
     """Refuse fields this route does not know (a typo such as "normalise" would otherwise pass silently)."""
     unknown = sorted(set(payload) - set(known))
     if unknown:
-        raise BadRequest(400, f"unknown field(s) {', '.join(map(repr, unknown))} in {where}; the fields are "
+        raise HTTPError(400, f"unknown field(s) {', '.join(map(repr, unknown))} in {where}; the fields are "
                          f"{', '.join(known)}")
 
 
@@ -130,22 +131,22 @@ def parse_bool(value: object, name: str) -> bool:
         return bool(value)
     if isinstance(value, str) and value.strip().lower() in ("true", "1", "false", "0"):
         return value.strip().lower() in ("true", "1")
-    raise BadRequest(400, f"{name} must be true or false (or 1 or 0), got {value!r}")
+    raise HTTPError(400, f"{name} must be true or false (or 1 or 0), got {value!r}")
 
 
 def check_count(n: int, max_images: int) -> None:
     """At least one image and at most ``max_images`` per request."""
     if n == 0:
-        raise BadRequest(400, "no images in the request")
+        raise HTTPError(400, "no images in the request")
     if n > max_images:
-        raise BadRequest(413, f"{n} images in one request, over the limit of {max_images}; split the request")
+        raise HTTPError(413, f"{n} images in one request, over the limit of {max_images}; split the request")
 
 
 def base64_images(values: object, field: str, max_images: int) -> list[tuple[str, bytes]]:
     """A JSON list (or one string) of base64 images or data URLs -> named image files."""
     values = [values] if isinstance(values, str) else values
     if not isinstance(values, list):
-        raise BadRequest(400, f"\"{field}\" must be a list of images, each base64 or a data URL "
+        raise HTTPError(400, f"\"{field}\" must be a list of images, each base64 or a data URL "
                          "(data:image/jpeg;base64,...)")
     check_count(len(values), max_images)
     return [(f"{field}[{i}]", decode_base64(v, f"{field}[{i}]")) for i, v in enumerate(values)]
@@ -157,13 +158,13 @@ async def embed_inputs(request: Request, body: bytes, max_images: int) -> tuple[
     kind = content_kind(request)
     if kind == "image":
         if not body:
-            raise BadRequest(400, "empty request body: send the image file's bytes")
+            raise HTTPError(400, "empty request body: send the image file's bytes")
         return [("the request body", body)], None
     if kind == "json":
         payload = parse_json_object(body, max_images)
         check_keys(payload, ("images", "normalize"), "the JSON body")
         if "images" not in payload:
-            raise BadRequest(400, "the JSON body needs \"images\": a list of base64 images or data URLs")
+            raise HTTPError(400, "the JSON body needs \"images\": a list of base64 images or data URLs")
         return base64_images(payload["images"], "images", max_images), payload.get("normalize")
     return await _multipart_inputs(request, body, max_images)
 
@@ -176,15 +177,15 @@ async def _multipart_inputs(request: Request, body: bytes, max_images: int) -> t
         form = await MultiPartParser(request.headers, stream(), max_files=max_images + 1, max_fields=8,
                                      max_part_size=64 * 1024).parse()
     except Exception as e:  # any failure of the parser on client bytes is a malformed body
-        raise BadRequest(400, f"malformed multipart body ({e}); send each image as a file in field 'images'") from e
+        raise HTTPError(400, f"malformed multipart body ({e}); send each image as a file in field 'images'") from e
     check_keys(dict(form), ("images", "normalize"), "the multipart form")
     files = form.getlist("images")
     if not files:
-        raise BadRequest(400, "the multipart form has no field 'images': send each image as a file in field 'images'")
+        raise HTTPError(400, "the multipart form has no field 'images': send each image as a file in field 'images'")
     check_count(len(files), max_images)
     blobs = []
     for i, f in enumerate(files):
         if isinstance(f, str):
-            raise BadRequest(400, f"field 'images' #{i} is text, not a file upload")
+            raise HTTPError(400, f"field 'images' #{i} is text, not a file upload")
         blobs.append((f"images[{i}] ({f.filename})", await f.read()))
     return blobs, form.get("normalize")

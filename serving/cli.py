@@ -206,16 +206,14 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 def _export(args: argparse.Namespace) -> None:
     import zoo
 
-    from .onnx_export import OPSET, export_onnx, max_abs_diff, onnx_session
+    from zoo.onnx import OPSET, check_parity, export_onnx, onnx_session
 
     encoder = zoo.load(args.model)
     path = export_onnx(encoder, args.output)
     images = encoder.preprocess(zoo.load_cifar10("test", args.data).per_class(10).images)
-    diff = max_abs_diff(encoder, onnx_session(path), images)
+    diff = check_parity(encoder, onnx_session(path), images)
     print(f"wrote {path} (opset {OPSET}, dynamic batch; preprocessing and provenance in its metadata); "
           f"onnx.checker passed; max |torch - onnxruntime| on {len(images)} CIFAR-10 test images: {diff:.2e}")
-    if diff >= 1e-4:
-        raise RuntimeError(f"ONNX parity check failed: max abs diff {diff:.2e} >= 1e-4")
 
 
 COMMANDS = {

@@ -24,18 +24,11 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
+from .errors import HTTPError
 from .litserve_compat import LitAPIStatus, LoopResponseType, MessageTransport
 
 logger = logging.getLogger(__name__)
 _OK, _ERROR = b"ok", b"error"
-
-
-class WorkerError(Exception):
-    """An error the inference worker answered a request with: an HTTP status and a message."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class IpcTransport(MessageTransport):
@@ -120,7 +113,7 @@ def _decode(frames: list[bytes]) -> tuple:
         response = (array, LitAPIStatus.OK)
     elif kind == _ERROR:
         code, message = rest
-        response = (WorkerError(int(code), message.decode()), LitAPIStatus.ERROR)
+        response = (HTTPError(int(code), message.decode()), LitAPIStatus.ERROR)
     else:
         raise ValueError(f"unknown response kind {kind!r}")
     return uid.decode(), (*response, LoopResponseType.REGULAR, None)

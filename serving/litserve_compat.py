@@ -17,17 +17,25 @@ batched loop that ``batching.GapBatchingLoop`` extends. What its public API does
    raises on it, which ``GapBatchingLoop.get_batch_requests`` must honour.
 4. ``ResponseBufferItem``, ``LitAPIStatus``, ``LoopResponseType`` and ``MessageTransport``: how a spec
    route hands a request to the workers and waits for its answer (what LitServe's OpenAISpec does).
+5. ``LitSpec`` and ``BatchedLoop``: the base classes of this server's routes and batching loop, which
+   LitServe exports only from its sub-modules.
+
+The transport itself is this project's (``ipc_transport``): the server is given it, the compat layer
+only installs it.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import litserve as ls
+from litserve import LitAPI
+from litserve.loops import BatchedLoop
 from litserve.loops.base import _SENTINEL_VALUE, _StopLoopError
+from litserve.specs.base import LitSpec
 from litserve.transport.base import MessageTransport
 from litserve.utils import LitAPIStatus, LoopResponseType, ResponseBufferItem
 
@@ -40,14 +48,18 @@ if ls.__version__ != SUPPORTED_VERSION:
 SENTINEL = _SENTINEL_VALUE
 StopLoop = _StopLoopError
 
-__all__ = ["SENTINEL", "StopLoop", "EmbeddingLitServer", "request_shutdown", "LitAPIStatus", "LoopResponseType",
-           "MessageTransport", "ResponseBufferItem"]
+__all__ = ["SENTINEL", "BatchedLoop", "EmbeddingLitServer", "LitAPI", "LitAPIStatus", "LitSpec", "LoopResponseType",
+           "MessageTransport", "ResponseBufferItem", "StopLoop", "request_shutdown"]
 
 
 class EmbeddingLitServer(ls.LitServer):
-    """A LitServer whose responses travel over ``IpcTransport`` (item 1 above), whose inference workers
-    ignore Ctrl-C and whose multiprocessing manager outlives a signal sent to the whole process group
-    (Ctrl-C, or systemd's SIGTERM): the main process stops them, the manager last."""
+    """A LitServer whose responses travel over the transport ``make_transport()`` returns (item 1 above),
+    whose inference workers ignore Ctrl-C and whose multiprocessing manager outlives a signal sent to the
+    whole process group (Ctrl-C, or systemd's SIGTERM): the main process stops them, the manager last."""
+
+    def __init__(self, *args, make_transport: Callable[[], MessageTransport], **kwargs) -> None:
+        self._make_transport = make_transport
+        super().__init__(*args, **kwargs)
 
     def launch_inference_worker(self, lit_api: ls.LitAPI) -> list:
         """LitServe's worker start, with SIGINT ignored in the workers."""
@@ -66,11 +78,9 @@ class EmbeddingLitServer(ls.LitServer):
 
     def _init_manager(self, num_api_servers: int):
         """LitServe's queues and manager (started ignoring group signals), then this server's transport."""
-        from .ipc_transport import IpcTransport
-
         with _ignoring(signal.SIGINT, signal.SIGTERM):  # inherited by the forked manager process
             manager = super()._init_manager(num_api_servers)  # also builds an unused multiprocessing transport
-        self._transport = IpcTransport.create()
+        self._transport = self._make_transport()
         return manager
 
 

@@ -18,16 +18,14 @@ import numpy as np
 import orjson
 from fastapi import Request
 from fastapi.responses import Response
-from litserve.specs.base import LitSpec
-
-from zoo.neighbors import NeighborIndex, vote
+from zoo.retrieval.index import NeighborIndex, vote
 
 from .bodies import (BodyBudget, base64_images, check_keys, content_kind, embed_inputs, parse_bool,
                      parse_json_object, request_body)
 from .config import Limits, SearchSettings, ServedModel
-from .decode import BadRequest, decode_image
-from .ipc_transport import WorkerError
-from .litserve_compat import LitAPIStatus, ResponseBufferItem
+from .decode import decode_image
+from .errors import HTTPError
+from .litserve_compat import LitAPIStatus, LitSpec, ResponseBufferItem
 
 OPENAI_FIELDS = ("input", "model", "encoding_format", "dimensions", "user", "normalize")
 # A stalled body: end the connection. (After a 413 or 429 the rest of the body is read and dropped, so the client
@@ -35,14 +33,6 @@ OPENAI_FIELDS = ("input", "model", "encoding_format", "dimensions", "user", "nor
 _CLOSE_AFTER = (408,)
 NO_INDEX = ("this server has no index to search: start it with `ssl-zoo serve MODEL --index DIR` (DIR: an "
             "`ssl-zoo embed` output indexed by `ssl-zoo index`)")
-
-
-class RequestError(Exception):
-    """A request answered with an error: its HTTP status and a message saying what to do."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class ImageEmbeddingSpec(LitSpec):
@@ -68,7 +58,7 @@ class ImageEmbeddingSpec(LitSpec):
                 blobs, normalize = await embed_inputs(request, body, self.limits.max_images)
                 normalize = _one_normalize(normalize, request.query_params.get("normalize"))
                 vectors = await self._embed(blobs, normalize, deadline)
-        except (BadRequest, RequestError) as e:
+        except (HTTPError, HTTPError) as e:
             return _error(e.status, {"error": str(e)})
         return _json({"model": self.model.name, "dim": self.model.dim, "embeddings": vectors})
 
@@ -80,11 +70,11 @@ class ImageEmbeddingSpec(LitSpec):
             async with self._body(request) as body:
                 blobs, normalize = await embed_inputs(request, body, self.limits.max_images)
                 if normalize is not None or "normalize" in request.query_params:
-                    raise BadRequest(400, "normalize does not apply to /search: queries and rows are always "
+                    raise HTTPError(400, "normalize does not apply to /search: queries and rows are always "
                                      "L2-normalised (cosine similarity); remove it")
                 vectors = await self._embed(blobs, True, deadline)
             index, hits = await self._search(vectors, k, deadline)
-        except (BadRequest, RequestError) as e:
+        except (HTTPError, HTTPError) as e:
             return _error(e.status, {"error": str(e)})
         labelled = bool(index.manifest.get("classes"))
         results = [{"neighbors": h, **({"label": vote(h)} if labelled else {})} for h in hits]
@@ -100,18 +90,18 @@ class ImageEmbeddingSpec(LitSpec):
         deadline = time.monotonic() + self.limits.request_timeout
         try:
             if content_kind(request) != "json":
-                raise BadRequest(415, "this route takes a JSON body (content-type: application/json)")
+                raise HTTPError(415, "this route takes a JSON body (content-type: application/json)")
             async with self._body(request) as body:
                 payload = parse_json_object(body, self.limits.max_images)
                 check_keys(payload, OPENAI_FIELDS, "the request")
                 encoding = self._check_openai_fields(payload)
                 if "input" not in payload:
-                    raise BadRequest(400, "the request needs \"input\": a base64 image or data URL, or a list of "
+                    raise HTTPError(400, "the request needs \"input\": a base64 image or data URL, or a list of "
                                      "them")
                 blobs = base64_images(payload["input"], "input", self.limits.max_images)
                 normalize = parse_bool(payload["normalize"], "normalize") if "normalize" in payload else False
                 vectors = await self._embed(blobs, normalize, deadline)
-        except (BadRequest, RequestError) as e:
+        except (HTTPError, HTTPError) as e:
             kind = "invalid_request_error" if e.status < 500 else "server_error"
             return _error(e.status, {"error": {"message": str(e), "type": kind, "param": None, "code": None}})
         if encoding == "base64":  # little-endian float32 bytes, as OpenAI sends them
@@ -137,7 +127,7 @@ class ImageEmbeddingSpec(LitSpec):
             return settings.default_k
         k = int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 10 else 0
         if not 1 <= k <= settings.max_k:
-            raise BadRequest(400, f"k must be an integer from 1 to {settings.max_k} (the server's --max-search-k), "
+            raise HTTPError(400, f"k must be an integer from 1 to {settings.max_k} (the server's --max-search-k), "
                              f"got {raw!r}: e.g. /search?k={settings.default_k}")
         return k
 
@@ -148,7 +138,7 @@ class ImageEmbeddingSpec(LitSpec):
                 index = await self._index()
                 return index, await asyncio.to_thread(index.search, vectors, k)
         except TimeoutError:
-            raise RequestError(504, f"the index search did not finish within the request deadline of "
+            raise HTTPError(504, f"the index search did not finish within the request deadline of "
                                f"{self.limits.request_timeout:g} s; retry later") from None
 
     async def _index(self) -> NeighborIndex:
@@ -159,22 +149,22 @@ class ImageEmbeddingSpec(LitSpec):
         try:
             return await asyncio.shield(self._index_load)  # the load outlives a request that times out
         except (OSError, ValueError, RuntimeError) as e:  # the files changed since the server checked them
-            raise RequestError(500, f"internal error: the index in {self.search_settings.directory} could not be "
+            raise HTTPError(500, f"internal error: the index in {self.search_settings.directory} could not be "
                                f"opened ({e}); restart the server with a valid --index") from e
 
     def _check_openai_fields(self, payload: dict) -> str:
         """Refuse a ``model`` other than the one served and a ``dimensions`` other than its own; the encoding."""
         model = payload.get("model")
         if model is not None and not (isinstance(model, str) and self.model.accepts(model)):
-            raise BadRequest(404, f"model {model!r} is not served here; this server serves "
+            raise HTTPError(404, f"model {model!r} is not served here; this server serves "
                              f"{' = '.join(self.model.aliases)} (any of these names)")
         dimensions = payload.get("dimensions")
         if dimensions is not None and dimensions != self.model.dim:
-            raise BadRequest(400, f"dimensions={dimensions!r} is not supported: this model's embeddings have "
+            raise HTTPError(400, f"dimensions={dimensions!r} is not supported: this model's embeddings have "
                              f"{self.model.dim} dimensions and are not truncated; omit \"dimensions\"")
         encoding = payload.get("encoding_format", "float")
         if encoding not in ("float", "base64"):
-            raise BadRequest(400, f"encoding_format must be \"float\" or \"base64\", got {encoding!r}")
+            raise HTTPError(400, f"encoding_format must be \"float\" or \"base64\", got {encoding!r}")
         return encoding
 
     async def _embed(self, blobs: list[tuple[str, bytes]], normalize: bool, deadline: float) -> np.ndarray:
@@ -197,17 +187,17 @@ class ImageEmbeddingSpec(LitSpec):
                 await event.wait()
             response, status = self.response_buffer[uid].response
         except TimeoutError:
-            raise RequestError(504, f"no answer from the inference worker within the request deadline of "
+            raise HTTPError(504, f"no answer from the inference worker within the request deadline of "
                                f"{self.limits.request_timeout:g} s (overloaded, or restarting after a crash: see "
                                "/health); retry later") from None
         finally:
             self.response_buffer.pop(uid, None)
         if status == LitAPIStatus.ERROR:
-            error = response if isinstance(response, WorkerError) else WorkerError(500, str(response))
+            error = response if isinstance(response, HTTPError) else HTTPError(500, str(response))
             if error.status == 504:
-                raise RequestError(504, f"the request waited in the queue past the deadline of "
+                raise HTTPError(504, f"the request waited in the queue past the deadline of "
                                    f"{self.limits.request_timeout:g} s; retry later")
-            raise RequestError(500, f"internal error: inference failed ({error}); the server logged the details")
+            raise HTTPError(500, f"internal error: inference failed ({error}); the server logged the details")
         return response
 
 
@@ -215,7 +205,7 @@ def _one_normalize(body_value: object, query_value: str | None) -> bool:
     """The request's normalize flag, from its body or query string (both: they must agree); default false."""
     values = {parse_bool(v, "normalize") for v in (body_value, query_value) if v is not None}
     if len(values) > 1:
-        raise BadRequest(400, "normalize is given twice with different values (body and query string)")
+        raise HTTPError(400, "normalize is given twice with different values (body and query string)")
     return values.pop() if values else False
 
 

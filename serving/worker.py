@@ -7,19 +7,24 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-import litserve as ls
 import numpy as np
 import torch
 from fastapi import Request
 
+from zoo.onnx import check_metadata, model_metadata, onnx_session
+
 from .auth import key_matches, request_key
-from .onnx_export import check_metadata, model_metadata, onnx_session
+from .errors import HTTPError
+from .litserve_compat import LitAPI
 
 HEALTH_PATH = "/health"
 
 
-class Unauthorized(Exception):
-    """A request without the right API key (answered 401 by ``api.build_server``'s handler)."""
+class Unauthorized(HTTPError):
+    """A request without the right API key: 401, answered in OpenAI's error shape by ``api.build_server``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(401, message)
 
 
 @dataclass(frozen=True)
@@ -32,7 +37,7 @@ class Rows:
     normalize: tuple[bool, ...]
 
 
-class EncoderAPI(ls.LitAPI):
+class EncoderAPI(LitAPI):
     """Loads the resolved model once per worker and turns batches of uint8 images into feature rows."""
 
     def __init__(self, resolved, backend: str = "torch", onnx_path: Path | None = None, api_key: str | None = None,

@@ -19,9 +19,12 @@ import torch
 from PIL import Image
 
 from conftest import CIFAR10_JPEG, REPO, free_port, needs_cifar10, tiny_model_dir
+import zoo
 from zoo import DatasetError, Encoder, EncoderConfig
 from zoo.cli import main as cli_main
-from zoo.collection import embed_collection, list_images, load_collection, read_manifest
+from zoo.retrieval.embed import embed_collection
+from zoo.retrieval.images import list_images
+from zoo.retrieval.shards import load_collection, read_manifest
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +61,7 @@ def _alive(pid: int) -> bool:
 
 
 def _embed_cmd(source, model, out, *extra) -> list[str]:
-    return [sys.executable, "-m", "zoo.collection", str(source), "--model", str(model), "--out", str(out), *extra]
+    return [sys.executable, "-m", "zoo", "embed", str(source), "--model", str(model), "--out", str(out), *extra]
 
 
 def _png_claiming_size(width: int, height: int) -> bytes:
@@ -75,7 +78,7 @@ def _png_claiming_size(width: int, height: int) -> bytes:
 def test_cifar10_test_split_matches_encoder_embed_row_for_row(model_dir, cifar10_test, tmp_path):
     manifest = embed_collection("cifar10:test", model_dir, tmp_path, shard_size=4096, workers=1, progress=False)
     embeddings, metadata = load_collection(tmp_path)
-    encoder = Encoder.from_pretrained(model_dir)
+    encoder = zoo.load(model_dir)
     rows = np.arange(0, 10_000, 7)  # every shard and class; encoder.embed of all 10,000 would double the test
     expected = encoder.embed(cifar10_test.images[rows]).numpy()
     assert embeddings.dtype == np.float32 and embeddings.shape == (10_000, 64)
@@ -112,7 +115,7 @@ def test_bad_files_are_skipped_listed_and_rows_stay_deterministic(model_dir, tmp
     assert metadata["row"].to_pylist() == [0, 2, 4, 6]
     assert metadata["label"].to_pylist() == ["a", "a", "b", "b"]
     assert metadata["width"].to_pylist() == [30] * 4 and metadata["height"].to_pylist() == [40] * 4
-    expected = Encoder.from_pretrained(model_dir).embed([src / "a/0.png", src / "a/2.jpg", src / "b/1.png",
+    expected = zoo.load(model_dir).embed([src / "a/0.png", src / "a/2.jpg", src / "b/1.png",
                                                          src / "b/3.jpg"]).numpy()
     np.testing.assert_allclose(embeddings, expected, atol=1e-5)
     assert manifest["failures"] == 3 and [s["rows"] for s in manifest["shards"]] == [2, 1, 1]

@@ -11,9 +11,10 @@ from PIL import Image
 from conftest import CIFAR10_JPEG
 from zoo import Encoder, EncoderConfig
 from zoo.cli import main as cli_main
-from zoo.collection import embed_collection, load_collection
+from zoo.retrieval.embed import embed_collection
+from zoo.retrieval.shards import load_collection
 from zoo.io import write_json
-from zoo.neighbors import NeighborIndex, build_index, vote
+from zoo.retrieval.index import NeighborIndex, build_index, vote
 
 
 @pytest.fixture(scope="module")

@@ -26,8 +26,8 @@ import zoo
 from conftest import CIFAR10_JPEG, REPO, free_port, needs_cifar10, tiny_model_dir
 from serving.api import build_server
 from serving.config import ImageLimits
-from serving.decode import BadRequest, decode_image
-from serving.onnx_export import max_abs_diff, onnx_session, read_metadata
+from serving.decode import HTTPError, decode_image
+from zoo.onnx import max_abs_diff, onnx_session, read_metadata
 
 pytestmark = needs_cifar10
 JPEGS = [CIFAR10_JPEG / "test" / c / "0007.jpg" for c in ("cat", "ship", "frog", "truck")]
@@ -272,7 +272,7 @@ def test_decoding_is_bounded_for_any_shape():
         out = decode_image(_png(Image.new("RGB", size, (10, 20, 30))), 32, limits)
         assert out.shape == (32, 32, 3) and (out == (10, 20, 30)).all(), size
     for size in ((100_000, 1), (1, 100_000), (33 * 32, 32)):
-        with pytest.raises(BadRequest, match="aspect ratio") as e:
+        with pytest.raises(HTTPError, match="aspect ratio") as e:
             decode_image(_png(Image.new("L", size)), 32, limits)
         assert e.value.status == 400
 
@@ -336,7 +336,7 @@ def test_onnx_export_carries_its_preprocessing_and_matches_torch(model_dir, tmp_
 def test_decoder_never_fails_other_than_bad_request(data):
     try:
         out = decode_image(data, 32, ImageLimits(max_pixels=100_000))
-    except BadRequest as e:
+    except HTTPError as e:
         assert 400 <= e.status < 500 and str(e)
     else:
         assert out.shape == (32, 32, 3) and out.dtype == np.uint8

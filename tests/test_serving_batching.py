@@ -14,7 +14,7 @@ import pytest
 from fastapi import HTTPException
 
 from serving.batching import GapBatchingLoop
-from serving.ipc_transport import IpcTransport, WorkerError
+from serving.ipc_transport import IpcTransport, HTTPError
 from serving.litserve_compat import SENTINEL, LitAPIStatus, LoopResponseType, StopLoop
 
 
@@ -123,7 +123,7 @@ def test_the_transport_delivers_what_a_worker_sends_before_the_http_process_list
         assert uid == "uid-1" and status == LitAPIStatus.OK and np.array_equal(got, features)
         assert [(e.status, str(e), s) for _, (e, s, *_) in errors] == [(504, "timed out", LitAPIStatus.ERROR),
                                                                        (500, "boom", LitAPIStatus.ERROR)]
-        assert all(isinstance(e, WorkerError) for _, (e, *_) in errors)
+        assert all(isinstance(e, HTTPError) for _, (e, *_) in errors)
     finally:
         worker.close()
         transport.close()

@@ -17,8 +17,8 @@ from serving.api import build_server, served_model
 from serving.config import Limits, SearchSettings
 from test_serving import JPEGS, ServerProcess, _b64, free_port
 from zoo.cli import main as cli_main
-from zoo.collection import embed_collection
-from zoo.neighbors import NeighborIndex, build_index
+from zoo.retrieval.embed import embed_collection
+from zoo.retrieval.index import NeighborIndex, build_index
 
 pytestmark = needs_cifar10
 CLASSES = ("cat", "ship", "frog", "truck")
@@ -167,6 +167,6 @@ def test_concurrent_first_searches_open_the_index_once(served, collection, monke
 
 def test_an_index_gone_since_the_start_is_a_500_saying_to_restart(served, tmp_path):
     spec = routes.ImageEmbeddingSpec(served, Limits(), SearchSettings(str(tmp_path)))
-    with pytest.raises(routes.RequestError, match="could not be opened.*restart the server") as e:
+    with pytest.raises(routes.HTTPError, match="could not be opened.*restart the server") as e:
         asyncio.run(spec._index())
     assert e.value.status == 500

@@ -1,11 +1,13 @@
 """The zoo end to end against a Hub-protocol server on loopback, through the real huggingface_hub client."""
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,12 +18,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import zoo
+from zoo.io import sha256_file
 from conftest import CIFAR10_JPEG, needs_cifar10
 from training.config import build_config
 from training.loop import train
-from zoo.hub import HashMismatchError
-from zoo.registry import PRETRAINED_DIR
-from zoo.publish import publish, render_card
+from zoo.hub.download import HashMismatchError
+from zoo.hub.registry import PRETRAINED_DIR
+from zoo.hub.publish import publish, render_card
 
 pytestmark = needs_cifar10
 REPO = "tester/tiny-byol"
@@ -97,7 +100,7 @@ def test_private_publish_to_an_existing_public_repo_is_refused(published, run_di
 
 
 def test_publish_without_network_is_one_clear_error(run_dir, token, monkeypatch):
-    code = ("import sys; from zoo.publish import publish\n"
+    code = ("import sys; from zoo.hub.publish import publish\n"
             f"try:\n    publish({str(run_dir)!r}, 'tester/x')\nexcept ConnectionError as e:\n    print('ERR', e)")
     env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9"}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
@@ -140,7 +143,7 @@ def test_the_pin_covers_config_json(published, tmp_path, monkeypatch):
 
 
 def test_bundled_files_are_the_offline_fallback_and_are_verified(published, run_dir, tmp_path, monkeypatch):
-    from zoo import registry
+    from zoo.hub import registry
 
     bundled = tmp_path / "pretrained" / "tiny-byol.smoke"
     bundled.mkdir(parents=True)
@@ -169,8 +172,8 @@ def test_bundled_files_are_the_offline_fallback_and_are_verified(published, run_
 def test_a_run_is_bundled_as_a_verified_offline_registry_tag(run_dir, tmp_path, monkeypatch):
     from huggingface_hub import constants
 
-    from zoo import registry
-    from zoo.publish import bundle
+    from zoo.hub import registry
+    from zoo.hub.publish import bundle
 
     monkeypatch.setattr(registry, "PRETRAINED_DIR", tmp_path / "pretrained")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
@@ -211,6 +214,41 @@ def test_every_bundled_encoder_loads_verified_with_no_network_and_no_cache(name,
     card = (PRETRAINED_DIR / name / "README.md").read_text()
     for key in ("knn5", "knn200", "linear"):  # the card states the registry's numbers
         assert f"{100 * row['results'][key]:.2f} %" in card
+
+
+@contextlib.contextmanager
+def _counting_file_work():
+    """Record every sha256 computed over a file and every file read as text (by file name)."""
+    import hashlib
+
+    hashed, read = [], []
+    digest, read_text = hashlib.file_digest, Path.read_text
+    hashlib.file_digest = lambda f, name: (hashed.append(Path(f.name).name), digest(f, name))[1]
+    Path.read_text = lambda self, *a, **k: (read.append(self.name), read_text(self, *a, **k))[1]
+    try:
+        yield hashed, read
+    finally:
+        hashlib.file_digest, Path.read_text = digest, read_text
+
+
+def test_zoo_load_reads_config_once_and_hashes_each_file_once(published, run_dir, monkeypatch):
+    """Pins, the Hub's LFS object id and the provenance share one sha256 per file; config.json is parsed once."""
+    bundled = next(r["name"] for r in zoo.list_models() if r["source"].startswith("bundled"))
+    commit = published["commit"]
+    pins = {name: sha256_file(run_dir / name) for name in ("config.json", "model.safetensors")}
+    _registry(run_dir.parent, monkeypatch, repo_id=REPO, revision=commit, sha256=pins)
+    for source, hashed_files in (("tiny-byol", ["config.json", "model.safetensors"]),  # Hub files, pinned
+                                 (f"hf-hub:{REPO}@{commit}", ["model.safetensors"]),
+                                 (f"local-dir:{run_dir}", ["model.safetensors"])):
+        with _counting_file_work() as (hashed, read):
+            zoo.load(source)
+        # (the Hub cache's files are links to blobs named by hash: count the files, each hashed once)
+        assert len(hashed) == len(set(hashed)) == len(hashed_files), (source, hashed)
+        assert read.count("config.json") == 1, (source, read)
+    monkeypatch.delenv("SSL_ZOO_REGISTRY")
+    with _counting_file_work() as (hashed, read):
+        zoo.load(bundled)  # a tag shipped in the package: both files pinned
+    assert sorted(hashed) == ["config.json", "model.safetensors"] and read.count("config.json") == 1
 
 
 def test_pending_tags_say_what_is_needed():
@@ -280,7 +318,7 @@ def test_sources_are_explicit_and_ambiguity_is_refused(run_dir, tmp_path, monkey
         zoo.load("mymodel")
     with pytest.raises(ValueError, match="owner/name"):
         zoo.load("hf-hub:justaname")
-    assert zoo.parse_source("hf-hub:a/b@v1") == zoo.sources.Source("hub", "a/b", "v1")
+    assert zoo.parse_source("hf-hub:a/b@v1") == zoo.hub.sources.Source("hub", "a/b", "v1")
 
 
 def test_model_card_round_trips_its_results_and_states_the_protocol(published, run_dir):
@@ -357,7 +395,7 @@ def test_encoder_exposes_features_config_and_timm_style_preprocessing(run_dir):
     cfg = enc.pretrained_cfg
     assert cfg["input_size"] == (3, 32, 32) and cfg["num_features"] == enc.feature_dim and cfg["mean"] is None
     saved = enc.save_pretrained(run_dir.parent / "resaved")
-    again = zoo.Encoder.from_pretrained(str(saved))
+    again = zoo.Encoder.from_directory(saved)
     assert _state_equal(again.backbone.state_dict(), enc.backbone.state_dict())
     assert set(load_file(saved / "model.safetensors")) == set(enc.backbone.state_dict())
 

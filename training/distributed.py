@@ -13,6 +13,8 @@ import torch.distributed as dist
 import torch.distributed._functional_collectives as collectives
 from torch import nn
 
+from zoo.torchrun import join_process_group
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -30,16 +32,14 @@ def init_distributed(device: str) -> DistEnv:
     """Join torchrun's process group when ``WORLD_SIZE > 1`` (nccl on CUDA, gloo on CPU)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        torch.cuda.set_device(local_rank)
+    rank, world_size, _ = join_process_group(backend="nccl" if device == "cuda" else "gloo")
     if world_size == 1:
         return DistEnv(device=torch.device(device))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "cuda":
-        torch.cuda.set_device(local_rank)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device == "cuda" else "gloo")
     dev = torch.device("cuda", local_rank) if device == "cuda" else torch.device("cpu")
-    return DistEnv(dist.get_rank(), dist.get_world_size(), dev)
+    return DistEnv(rank, world_size, dev)
 
 
 def world() -> tuple[int, int]:

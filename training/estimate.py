@@ -15,12 +15,15 @@ from typing import Any, Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from zoo.data import CIFAR10_CLASSES, CIFAR10_COUNTS
+
 from .config import TrainConfig
 from .hardware import cpu_summary, native_bf16
 
 WARN_MINUTES = 120.0  # longer than this on a CPU: a run meant for a GPU
 TIMED_STEPS, TIMING_BUDGET_S = 3, 20.0  # after one warm-up step: up to 3 steps, stopping once 20 s have passed
-CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS = 10, 5000, 1000  # CIFAR-10
+CLASSES = len(CIFAR10_CLASSES)
+TRAIN_PER_CLASS, TEST_PER_CLASS = CIFAR10_COUNTS["train"] // CLASSES, CIFAR10_COUNTS["test"] // CLASSES
 
 
 def images(per_class: int | None, full: int = TRAIN_PER_CLASS) -> int:

@@ -16,9 +16,9 @@ from tqdm.auto import tqdm
 
 import zoo
 from zoo import Encoder, EncoderConfig, ImageArrays, build_encoder, load_cifar10
-from zoo.rundir import CHECKPOINT, METRICS, TRAIN_CONFIG, keep_previous_export, local_flags, public_training_config
+from zoo.hub.rundir import CHECKPOINT, METRICS, TRAIN_CONFIG, keep_previous_export, local_flags, public_training_config
 from zoo.io import write_json, write_jsonl
-from zoo.probes import evaluate
+from zoo.eval.probes import evaluate
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig

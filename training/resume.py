@@ -7,7 +7,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from zoo.rundir import CHECKPOINT, CONFIG_NAME, METRICS, RUN_FILES, TRAIN_CONFIG
+from zoo.hub.rundir import CHECKPOINT, CONFIG_NAME, METRICS, RUN_FILES, TRAIN_CONFIG
 
 from .config import TrainConfig
 

@@ -14,29 +14,30 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "DatasetError": "data", "ImageArrays": "data", "load_cifar10": "data", "load_image_folder": "data",
     "ARCHITECTURES": "encoders", "EncoderConfig": "encoders", "build_encoder": "encoders",
-    "HashMismatchError": "hub",
     "Encoder": "model", "embed": "model",
-    "ProbeResult": "probes", "evaluate": "probes", "extract_features": "probes", "knn_probe": "probes",
-    "linear_probe": "probes", "probe": "probes",
-    "PendingModelError": "registry", "UnknownModelError": "registry", "list_models": "registry",
-    "fetch": "sources", "load": "sources", "parse_source": "sources",
     "Preprocess": "transforms",
-    "embed_collection": "collection", "load_collection": "collection",
-    "NeighborIndex": "neighbors", "build_index": "neighbors",
+    "ProbeResult": "eval.probes", "evaluate": "eval.probes", "extract_features": "eval.probes",
+    "knn_probe": "eval.probes", "linear_probe": "eval.probes", "probe": "eval.probes",
+    "HashMismatchError": "hub.download",
+    "PendingModelError": "hub.registry", "UnknownModelError": "hub.registry", "list_models": "hub.registry",
+    "fetch": "hub.sources", "load": "hub.sources", "parse_source": "hub.sources",
+    "embed_collection": "retrieval.embed", "load_collection": "retrieval.shards",
+    "NeighborIndex": "retrieval.index", "build_index": "retrieval.index",
 }
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from .data import DatasetError, ImageArrays, load_cifar10, load_image_folder
     from .encoders import ARCHITECTURES, EncoderConfig, build_encoder
-    from .hub import HashMismatchError
+    from .eval.probes import ProbeResult, evaluate, extract_features, knn_probe, linear_probe, probe
+    from .hub.download import HashMismatchError
+    from .hub.registry import PendingModelError, UnknownModelError, list_models
+    from .hub.sources import fetch, load, parse_source
     from .model import Encoder, embed
-    from .probes import ProbeResult, evaluate, extract_features, knn_probe, linear_probe, probe
-    from .registry import PendingModelError, UnknownModelError, list_models
-    from .sources import fetch, load, parse_source
+    from .retrieval.embed import embed_collection
+    from .retrieval.index import NeighborIndex, build_index
+    from .retrieval.shards import load_collection
     from .transforms import Preprocess
-    from .collection import embed_collection, load_collection
-    from .neighbors import NeighborIndex, build_index
 
 
 def __getattr__(name: str) -> Any:

@@ -11,8 +11,8 @@ import sys
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
+from .eval.protocol import BATCH_NORM_MODES, SOLVERS
 from .io import write_json
-from .protocol import BATCH_NORM_MODES, SOLVERS
 
 
 @dataclass(frozen=True)
@@ -167,7 +167,7 @@ def _probe(args: argparse.Namespace) -> None:
 
 def _report(model: str, results: dict, json_path: str | None) -> None:
     """Print each number with its protocol (the same lines for baseline and probe); optionally save them."""
-    from .publish import describe_protocol
+    from .hub.publish import describe_protocol
 
     protocol = results["protocol"]
     first = next(iter(protocol.values()))
@@ -195,7 +195,7 @@ def add_publish_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _publish(args: argparse.Namespace) -> None:
-    from .publish import bundle, publish
+    from .hub.publish import bundle, publish
 
     if args.bundle:
         entry = bundle(args.run_dir, args.bundle, force=args.force)
@@ -208,6 +208,92 @@ def _publish(args: argparse.Namespace) -> None:
     print(json.dumps(out["registry_entry"], indent=2))
 
 
+def add_embed_arguments(p: argparse.ArgumentParser) -> None:
+    """``ssl-zoo embed``'s arguments (also ``python -m zoo embed``, what ``torchrun -m zoo embed`` runs)."""
+    from .retrieval import BACKENDS, DEFAULT_SHARD_SIZE, DTYPES, MAX_PIXELS, SPLIT_PREFIX
+
+    p.add_argument("source", help=f"a folder of images (recursive; ImageFolder sub-folders give labels), a text file "
+                   f"of image paths (one per line) or {SPLIT_PREFIX}train / {SPLIT_PREFIX}test")
+    p.add_argument("--model", required=True, help="registry name, hf-hub:owner/repo[@rev] or a model folder")
+    p.add_argument("--out", required=True, help="output folder (rerun the same command to resume a killed run)")
+    p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="images per shard (default %(default)s)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32")
+    p.add_argument("--normalize", action="store_true", help="L2-normalise every row")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, help="DataLoader decoding processes (default: min(4, CPUs))")
+    p.add_argument("--backend", choices=BACKENDS, default="torch", help="onnx: ONNX Runtime on the CPU (the graph "
+                   "`ssl-zoo export-onnx` and `serve --backend onnx` run)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda (under torchrun: cuda:LOCAL_RANK) or auto")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                   help="skip (and list in failures.jsonl) images with more pixels (default %(default)s)")
+    p.set_defaults(func=_embed)
+
+
+def _embed(args: argparse.Namespace) -> None:
+    from .retrieval.embed import embed_collection
+
+    manifest = embed_collection(args.source, args.model, args.out, shard_size=args.shard_size, dtype=args.dtype,
+                                normalize=args.normalize, batch_size=args.batch_size, workers=args.workers,
+                                backend=args.backend, device=args.device, max_pixels=args.max_pixels)
+    if manifest is not None:
+        print(f"{manifest['rows']} rows x {manifest['feature_dim']} ({manifest['dtype']}) in "
+              f"{len(manifest['shards'])} shards, {manifest['failures']} failed files -> {args.out}")
+
+
+def add_index_arguments(p: argparse.ArgumentParser) -> None:
+    """``ssl-zoo index``'s arguments."""
+    from .retrieval import DEFAULT_NPROBE, FLAT_MAX_ROWS
+
+    p.add_argument("directory", help="the embed output folder (index.faiss and index.json are written there)")
+    p.add_argument("--type", dest="kind", choices=["auto", "flat", "ivf"], default="auto",
+                   help=f"flat: exact; ivf: approximate; auto: flat up to {FLAT_MAX_ROWS} rows (default)")
+    p.add_argument("--nlist", type=int, help="IVF lists (default: 4 sqrt(rows))")
+    p.add_argument("--nprobe", type=int, help=f"IVF lists searched per query (default {DEFAULT_NPROBE})")
+    p.set_defaults(func=_index)
+
+
+def _index(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .retrieval.index import INDEX_FILE, build_index
+
+    info = build_index(args.directory, kind=args.kind, nlist=args.nlist, nprobe=args.nprobe)
+    extra = f", nlist {info['nlist']}, nprobe {info['nprobe']}" if info["type"] == "ivf" else ""
+    print(f"{info['type']} index of {info['rows']} x {info['dim']} ({info['metric']}{extra}) -> "
+          f"{Path(args.directory) / INDEX_FILE}")
+
+
+def add_neighbors_arguments(p: argparse.ArgumentParser) -> None:
+    """``ssl-zoo neighbors``'s arguments."""
+    p.add_argument("queries", nargs="+", metavar="QUERY_IMAGE")
+    p.add_argument("--index", required=True, help="an embed output folder indexed by `ssl-zoo index`")
+    p.add_argument("-k", type=int, default=10, help="neighbours per query (default %(default)s)")
+    p.add_argument("--nprobe", type=int, help="IVF lists searched per query (default: the index's)")
+    p.add_argument("--grid", help="also write a PNG: each query, then its neighbours with labels")
+    p.set_defaults(func=_neighbors)
+
+
+def _neighbors(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .retrieval.grid import write_grid
+    from .retrieval.index import NeighborIndex, vote
+
+    index = NeighborIndex.load(args.index, nprobe=args.nprobe)
+    for query in args.queries:
+        if not Path(query).is_file():
+            raise FileNotFoundError(f"query image {query} not found")
+    vectors = index.embed(list(args.queries))
+    results = index.search(vectors, args.k)
+    for query, hits in zip(args.queries, results):
+        label = vote(hits)
+        print(f"{query}" + (f"  (k-NN label: {label})" if label else ""))
+        for rank, hit in enumerate(hits, 1):
+            print(f"  {rank:>3}  {hit['similarity']:.4f}  {hit['label'] or '-':<12}  {hit['path']}")
+    if args.grid:
+        print(f"grid -> {write_grid(list(args.queries), results, args.grid)}")
+
+
 COMMANDS = {
     "baseline": Command("the notebook's section 2: random-init ResNet-18, k-NN (k=5) and linear probe on raw "
                         "CIFAR-10 features", "zoo.cli:add_baseline_arguments"),
@@ -217,9 +303,9 @@ COMMANDS = {
     "publish": Command("upload a training run to the Hugging Face Hub in one commit, or ship it with the package "
                        "as a registry tag (--bundle)", "zoo.cli:add_publish_arguments"),
     "embed": Command("embed a folder, a list of paths or a CIFAR-10 split into shards on disk (resumable; splits "
-                     "over torchrun ranks)", "zoo.collection:add_arguments"),
+                     "over torchrun ranks)", "zoo.cli:add_embed_arguments"),
     "index": Command("build a faiss nearest-neighbour index over an `ssl-zoo embed` output",
-                     "zoo.neighbors:add_index_arguments"),
+                     "zoo.cli:add_index_arguments"),
     "neighbors": Command("the nearest images of an indexed collection to query images",
-                         "zoo.neighbors:add_neighbors_arguments"),
+                         "zoo.cli:add_neighbors_arguments"),
 }

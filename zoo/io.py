@@ -1,4 +1,4 @@
-"""File helpers used everywhere: sha256 of a file, atomic writes that survive a crash."""
+"""File helpers used everywhere: the model folder's file names, sha256 of a file, atomic writes that survive a crash."""
 
 from __future__ import annotations
 
@@ -9,6 +9,10 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
+
+
+# A model folder, the Hub layout of huggingface_hub's ModelHubMixin (with a README.md card when published).
+CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 
 
 def sha256_file(path: str | os.PathLike) -> str:

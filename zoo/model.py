@@ -4,7 +4,7 @@
 Not built on ``PyTorchModelHubMixin``: its loader defaults to ``strict=False``, saves the wrapper's
 keys (``backbone.*``) and cannot check a pinned sha256; here the file holds the backbone's own keys,
 every load is strict and validated (keys, shapes, dtypes, config fields), and sources are resolved
-and verified by ``zoo.sources``.
+and verified by ``zoo.hub.sources`` (``zoo.load``).
 """
 
 from __future__ import annotations
@@ -22,10 +22,8 @@ from torch import nn
 
 from . import __version__
 from .encoders import EncoderConfig, build_encoder
-from .io import write_bytes, write_json
+from .io import CONFIG_NAME, WEIGHTS_NAME, write_bytes, write_json
 from .transforms import Preprocess, images_to_array
-
-CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 
 
 class Encoder(nn.Module):
@@ -86,19 +84,18 @@ class Encoder(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, source: str | os.PathLike, **kwargs: Any) -> Encoder:
-        """``zoo.load(source, **kwargs)``: a registry name, ``hf-hub:owner/repo[@rev]`` or a local path."""
-        from .sources import load
-
-        return load(source, **kwargs)
-
-    @classmethod
     def from_directory(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> Encoder:
         """Build from a local ``config.json`` + ``model.safetensors``, loading strictly and validating
         keys, shapes, dtypes and finiteness; eval mode on ``device``."""
-        directory = Path(directory)
         config, info = read_config(directory)
-        path = directory / WEIGHTS_NAME
+        return cls.from_weights(Path(directory) / WEIGHTS_NAME, config, info, device)
+
+    @classmethod
+    def from_weights(cls, path: str | os.PathLike, config: EncoderConfig, info: dict[str, Any] | None = None,
+                     device: str | torch.device = "cpu") -> Encoder:
+        """Build ``config``'s encoder from the weights file ``path`` (config.json already read), loading
+        strictly and validating keys, shapes, dtypes and finiteness; eval mode on ``device``."""
+        path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: an encoder directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")
         try:

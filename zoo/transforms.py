@@ -64,10 +64,7 @@ def image_to_array(image: Image.Image | str | os.PathLike | bytes, size: int) ->
     if not isinstance(image, Image.Image):
         raise TypeError(f"cannot read an image from {type(image).__name__}; pass a path, bytes, a PIL image, "
                         "a uint8 (H, W, 3) array or a float (3, H, W) tensor")
-    short = min(image.size)
-    if image.format in ("JPEG", "MPO") and short > size:  # MPO: the JPEG variant cameras write
-        scale = size / short  # draft keeps the decoded image at least this large
-        image.draft("RGB", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
+    draft_for(image, size)
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
         scale16 = 257.0 if image.mode.startswith("I;16") or np.asarray(image).max() > 255 else 1.0
         image = Image.fromarray((np.asarray(image, dtype=np.float32) / scale16).clip(0, 255).astype(np.uint8))
@@ -79,6 +76,16 @@ def image_to_array(image: Image.Image | str | os.PathLike | bytes, size: int) ->
         left, top = (width - short) / 2, (height - short) / 2
         image = image.resize((size, size), Image.BILINEAR, box=(left, top, left + short, top + short))
     return np.asarray(image)
+
+
+def draft_for(image: Image.Image, size: int) -> None:
+    """Have Pillow decode a JPEG at the smallest scale whose short side is still at least ``size`` (its
+    ``draft``: DCT scaling, 1/2 to 1/8), so a 20-megapixel photo decodes to well under a megapixel; other
+    formats, and JPEGs already that small, are left as they are."""
+    short = min(image.size)
+    if image.format in ("JPEG", "MPO") and short > size:  # MPO: the JPEG variant cameras write
+        scale = size / short
+        image.draft("RGB", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
 
 
 def images_to_array(images: Any, size: int) -> np.ndarray | torch.Tensor:

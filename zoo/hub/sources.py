@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
-from .encoders import EncoderConfig
-from .hub import download, verify
-from .io import sha256_file
-from .model import WEIGHTS_NAME, Encoder, read_config
+from ..encoders import EncoderConfig
+from ..io import WEIGHTS_NAME
+from ..model import Encoder, read_config
+from .download import Digests, download, verify
 from .registry import resolve
 
 HUB_PREFIX, LOCAL_PREFIX = "hf-hub:", "local-dir:"
@@ -88,8 +88,8 @@ class Resolved:
                 torch.manual_seed(self.build_seed)
                 encoder = Encoder(self.config, info=self.info)
             encoder = encoder.to(device).eval()
-        else:
-            encoder = Encoder.from_directory(self.folder, device)
+        else:  # config.json was read by fetch: only the weights are read here
+            encoder = Encoder.from_weights(self.folder / WEIGHTS_NAME, self.config, self.info, device)
         encoder.info.update(self.provenance)
         return encoder
 
@@ -97,20 +97,22 @@ class Resolved:
 def fetch(source: str | os.PathLike, *, revision: str | None = None, token: str | bool | None = None,
           cache_dir: str | os.PathLike | None = None, local_files_only: bool = False) -> Resolved:
     """Resolve ``source`` to verified local files (downloading from the Hub if needed) without building
-    the model; ``revision`` overrides a Hub source's revision (a registry pin is then not checked)."""
+    the model; ``revision`` overrides a Hub source's revision (a registry pin is then not checked). Each
+    file is hashed once and config.json read once, whatever checks apply."""
     src = parse_source(source)
-    hub_kwargs = {"token": token, "cache_dir": cache_dir, "local_files_only": local_files_only}
+    digests = Digests()
+    hub_kwargs = {"token": token, "cache_dir": cache_dir, "local_files_only": local_files_only, "digests": digests}
     if src.kind == "local":
         folder = Path(src.value).expanduser()
         if not folder.is_dir():
             raise FileNotFoundError(f"no model folder at {folder.resolve()}: check the path (a model folder holds "
                                     "config.json and model.safetensors, e.g. a finished `ssl-zoo train` run)")
-        return _from_folder(folder, {"source": f"{LOCAL_PREFIX}{folder.resolve()}"})
+        return _from_folder(folder, {"source": f"{LOCAL_PREFIX}{folder.resolve()}"}, digests)
     if src.kind == "hub":
         rev = revision or src.revision
         folder = download(src.value, rev, **hub_kwargs)
         return _from_folder(folder, {"source": f"{HUB_PREFIX}{src.value}", "repo_id": src.value,
-                                     "revision": folder.name})
+                                     "revision": folder.name}, digests)
     entry = resolve(src.value)
     spec, provenance = entry.spec, {"name": entry.full_name}
     if spec.get("build"):
@@ -127,21 +129,21 @@ def fetch(source: str | os.PathLike, *, revision: str | None = None, token: str 
                 raise
         else:
             if pinned:
-                verify(folder, pins, f"registry entry {entry.full_name}")
+                verify(folder, pins, f"registry entry {entry.full_name}", digests)
             return _from_folder(folder, {**provenance, "source": f"{HUB_PREFIX}{spec['repo_id']}",
-                                         "repo_id": spec["repo_id"], "revision": folder.name})
+                                         "repo_id": spec["repo_id"], "revision": folder.name}, digests)
     if entry.bundled_dir is None:
         raise LookupError(f"{entry.full_name} has neither a pinned Hub revision nor bundled files")
-    verify(entry.bundled_dir, pins, f"registry entry {entry.full_name}")
-    return _from_folder(entry.bundled_dir, {**provenance, "source": f"bundled:{entry.spec['bundled']}"})
+    verify(entry.bundled_dir, pins, f"registry entry {entry.full_name}", digests)
+    return _from_folder(entry.bundled_dir, {**provenance, "source": f"bundled:{entry.spec['bundled']}"}, digests)
 
 
-def _from_folder(folder: Path, provenance: dict[str, Any]) -> Resolved:
+def _from_folder(folder: Path, provenance: dict[str, Any], digests: Digests) -> Resolved:
     config, info = read_config(folder)
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} not found: a model folder holds config.json and {WEIGHTS_NAME}")
-    return Resolved(config, {**provenance, "sha256": sha256_file(weights)}, folder=folder, info=info)
+    return Resolved(config, {**provenance, "sha256": digests(weights)}, folder=folder, info=info)
 
 
 def load(source: str | os.PathLike, *, revision: str | None = None, device: str | torch.device = "cpu",

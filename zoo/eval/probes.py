@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import ImageArrays, load_cifar10, to_float_nchw
+from ..data import ImageArrays, load_cifar10, to_float_nchw
 from .protocol import BATCH_NORM_MODES, SOLVERS
 
 ArrayLike = np.ndarray | torch.Tensor

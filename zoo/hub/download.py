@@ -8,10 +8,24 @@ from pathlib import Path
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import (LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError)
 
-from .io import sha256_file
-from .model import CONFIG_NAME, WEIGHTS_NAME
+from ..io import CONFIG_NAME, WEIGHTS_NAME, sha256_file
 
 MODEL_FILES = (CONFIG_NAME, WEIGHTS_NAME)
+
+
+class Digests:
+    """sha256 of files, each computed once: the checks of one load (LFS object id, registry pin, provenance)
+    share them."""
+
+    def __init__(self) -> None:
+        self._known: dict[Path, str] = {}
+
+    def __call__(self, path: Path) -> str:
+        """The sha256 of ``path``'s bytes."""
+        key = Path(path).resolve()
+        if key not in self._known:
+            self._known[key] = sha256_file(key)
+        return self._known[key]
 
 
 class HashMismatchError(RuntimeError):
@@ -26,7 +40,8 @@ def endpoint() -> str:
 
 
 def download(repo_id: str, revision: str | None = None, *, token: str | bool | None = None,
-             cache_dir: str | os.PathLike | None = None, local_files_only: bool = False) -> Path:
+             cache_dir: str | os.PathLike | None = None, local_files_only: bool = False,
+             digests: Digests | None = None) -> Path:
     """The local snapshot folder holding ``config.json`` and ``model.safetensors`` of ``repo_id@revision``
     (one ``snapshot_download``; the Hub cache, ``HF_ENDPOINT``, ``HF_TOKEN`` and ``HF_HUB_OFFLINE`` apply).
     The weights are checked against the Hub's LFS object id, which names the cached blob."""
@@ -48,17 +63,18 @@ def download(repo_id: str, revision: str | None = None, *, token: str | bool | N
     weights = folder / WEIGHTS_NAME
     blob = weights.resolve().name  # huggingface_hub names LFS blobs by their sha256
     if len(blob) == 64:
-        verify(folder, {WEIGHTS_NAME: blob}, f"{where} (the Hub's LFS object id)")
+        verify(folder, {WEIGHTS_NAME: blob}, f"{where} (the Hub's LFS object id)", digests)
     return folder
 
 
-def verify(folder: Path, pins: dict[str, str], source: str) -> None:
+def verify(folder: Path, pins: dict[str, str], source: str, digests: Digests | None = None) -> None:
     """Check each pinned file's sha256; a mismatch raises HashMismatchError and deletes nothing."""
+    digests = digests or Digests()
     for name, expected in pins.items():
         path = folder / name
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found (pinned by {source})")
-        actual = sha256_file(path)
+        actual = digests(path)
         if actual != expected:
             raise HashMismatchError(f"{path.name} of {source}: sha256 {actual} does not match the pin {expected}. "
                                     f"The file at {path.resolve()} was left in place; delete it (or the "

@@ -1,5 +1,5 @@
 """The registry of named models, timm-style: ``name`` is the model's best available weights,
-``name.tag`` names one set of them (``registry.json`` beside this file, or ``$SSL_ZOO_REGISTRY``).
+``name.tag`` names one set of them (``zoo/registry.json``, or ``$SSL_ZOO_REGISTRY``).
 
 Each model has ``default_tag`` and ``tags``; a tag holds its encoder config, its results with
 their protocol, and where its files come from: ``bundled`` (a folder under ``zoo/pretrained/``,
@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-DEFAULT_REGISTRY = Path(__file__).with_name("registry.json")
-PRETRAINED_DIR = Path(__file__).with_name("pretrained")
+PACKAGE = Path(__file__).resolve().parents[1]  # zoo/: registry.json and pretrained/ ship as package data
+DEFAULT_REGISTRY = PACKAGE / "registry.json"
+PRETRAINED_DIR = PACKAGE / "pretrained"
 
 
 class UnknownModelError(KeyError):
@@ -54,7 +55,7 @@ class Entry:
 
 
 def registry_file() -> Path:
-    """The registry in use: ``$SSL_ZOO_REGISTRY``, else ``registry.json`` beside this file."""
+    """The registry in use: ``$SSL_ZOO_REGISTRY``, else ``zoo/registry.json``."""
     return Path(os.environ.get("SSL_ZOO_REGISTRY", DEFAULT_REGISTRY))
 
 

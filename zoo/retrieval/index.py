@@ -10,7 +10,6 @@ written beside the shards.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -21,21 +20,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageOps
-
-from .collection import MANIFEST, iter_shards, read_manifest, require
-from .io import atomic_write, sha256_file, write_json
-from .model import Encoder
+from ..io import atomic_write, sha256_file, write_json
+from ..model import Encoder
+from . import DEFAULT_NPROBE, FLAT_MAX_ROWS, require
+from .shards import MANIFEST, iter_shards, read_manifest
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
 INDEX_FILE, INDEX_INFO = "index.faiss", "index.json"
-# Measured in benchmarks/results/index.md on 2 CPU cores, 512-d: one exact query takes 24 ms at 50,000 rows
-# and grows linearly (72 ms at 200,000, 160 ms at 500,000); IVF-Flat (nlist 894, nprobe 32) answers in
-# 0.35 ms with recall@10 0.96 against exact.
-FLAT_MAX_ROWS = 50_000      # exact search up to here, IVF above
-DEFAULT_NPROBE = 32         # IVF lists probed per query
 TRAIN_POINTS_PER_LIST = 64  # k-means sample size per IVF list (faiss warns below 39)
 
 
@@ -155,7 +148,7 @@ class NeighborIndex:
             if not model.get("spec"):
                 raise ValueError(f"the manifest in {self.directory} names no loadable model (it was embedded with "
                                  "an in-memory Encoder): pass encoder= to NeighborIndex.load")
-            from .sources import load
+            from ..hub.sources import load
 
             encoder = load(model["spec"])
         self.check_model(encoder.info.get("sha256"), encoder.feature_dim, model.get("spec") or "given")
@@ -211,77 +204,3 @@ def vote(hits: list[dict[str, Any]]) -> str | None:
             votes[hit["label"]][0] += 1
             votes[hit["label"]][1] += hit["similarity"]
     return max(votes, key=lambda label: tuple(votes[label])) if votes else None
-
-
-def write_grid(queries: list[str | os.PathLike | Image.Image], results: list[list[dict[str, Any]]],
-               path: str | os.PathLike, tile: int = 96) -> Path:
-    """A PNG with one line per query: the query image, then its neighbours captioned with label
-    (or file name) and similarity."""
-    caption = 28
-    columns = 1 + max((len(r) for r in results), default=0)
-    grid = Image.new("RGB", (columns * tile, len(queries) * (tile + caption)), "white")
-    draw = ImageDraw.Draw(grid)
-    for i, (query, hits) in enumerate(zip(queries, results)):
-        top = i * (tile + caption)
-        cells = [(query, "query", "")] + [(h["path"], h["label"] or Path(h["path"]).name, f"{h['similarity']:.3f}")
-                                          for h in hits]
-        for j, (image, title, score) in enumerate(cells):
-            grid.paste(_tile(image, tile), (j * tile, top))
-            draw.text((j * tile + 3, top + tile + 1), f"{title}\n{score}", fill="black")
-    path = Path(path)
-    atomic_write(path, lambda f: grid.save(f, format="PNG"))
-    return path
-
-
-def _tile(image: str | os.PathLike | Image.Image, size: int) -> Image.Image:
-    """``image`` (a path or a PIL image) fitted to a square tile; a grey tile when it cannot be read."""
-    try:
-        if isinstance(image, Image.Image):
-            return ImageOps.fit(image.convert("RGB"), (size, size), Image.NEAREST)
-        with Image.open(image) as im:
-            return ImageOps.fit(im.convert("RGB"), (size, size), Image.NEAREST)
-    except (OSError, ValueError):
-        return Image.new("RGB", (size, size), (160, 160, 160))
-
-
-def add_index_arguments(p: argparse.ArgumentParser) -> None:
-    """``ssl-zoo index``'s arguments."""
-    p.add_argument("directory", help="the embed output folder (index.faiss and index.json are written there)")
-    p.add_argument("--type", dest="kind", choices=["auto", "flat", "ivf"], default="auto",
-                   help=f"flat: exact; ivf: approximate; auto: flat up to {FLAT_MAX_ROWS} rows (default)")
-    p.add_argument("--nlist", type=int, help="IVF lists (default: 4 sqrt(rows))")
-    p.add_argument("--nprobe", type=int, help=f"IVF lists searched per query (default {DEFAULT_NPROBE})")
-    p.set_defaults(func=_index)
-
-
-def _index(args: argparse.Namespace) -> None:
-    info = build_index(args.directory, kind=args.kind, nlist=args.nlist, nprobe=args.nprobe)
-    extra = f", nlist {info['nlist']}, nprobe {info['nprobe']}" if info["type"] == "ivf" else ""
-    print(f"{info['type']} index of {info['rows']} x {info['dim']} ({info['metric']}{extra}) -> "
-          f"{Path(args.directory) / INDEX_FILE}")
-
-
-def add_neighbors_arguments(p: argparse.ArgumentParser) -> None:
-    """``ssl-zoo neighbors``'s arguments."""
-    p.add_argument("queries", nargs="+", metavar="QUERY_IMAGE")
-    p.add_argument("--index", required=True, help="an embed output folder indexed by `ssl-zoo index`")
-    p.add_argument("-k", type=int, default=10, help="neighbours per query (default %(default)s)")
-    p.add_argument("--nprobe", type=int, help="IVF lists searched per query (default: the index's)")
-    p.add_argument("--grid", help="also write a PNG: each query, then its neighbours with labels")
-    p.set_defaults(func=_neighbors)
-
-
-def _neighbors(args: argparse.Namespace) -> None:
-    index = NeighborIndex.load(args.index, nprobe=args.nprobe)
-    for query in args.queries:
-        if not Path(query).is_file():
-            raise FileNotFoundError(f"query image {query} not found")
-    vectors = index.embed(list(args.queries))
-    results = index.search(vectors, args.k)
-    for query, hits in zip(args.queries, results):
-        label = vote(hits)
-        print(f"{query}" + (f"  (k-NN label: {label})" if label else ""))
-        for rank, hit in enumerate(hits, 1):
-            print(f"  {rank:>3}  {hit['similarity']:.4f}  {hit['label'] or '-':<12}  {hit['path']}")
-    if args.grid:
-        print(f"grid -> {write_grid(list(args.queries), results, args.grid)}")

@@ -1,11 +1,15 @@
-"""Export an encoder to ONNX (dynamic batch axis) with its preprocessing and provenance in the file's
-metadata, check it, verify it against torch; and the server's one export per set of weights."""
+"""The one ONNX path of ssl-zoo: export an encoder (dynamic batch axis) with its preprocessing and provenance
+in the file's metadata, check the file against the model, cache one export per set of weights, open an
+onnxruntime session and verify it against torch. ``ssl-zoo export-onnx``, ``serve --backend onnx`` and
+``embed --backend onnx`` all run the graph made here."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,16 +17,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from zoo.data import default_cache_dir
-from zoo.io import atomic_write
+from .data import default_cache_dir
+from .io import atomic_write
 
 if TYPE_CHECKING:
     import onnxruntime as ort
 
-    from zoo.encoders import EncoderConfig
-    from zoo.sources import Resolved
+    from .encoders import EncoderConfig
+    from .model import Encoder
 
 OPSET = 18
+TOLERANCE = 1e-4  # largest |torch - onnxruntime| accepted on a feature, for images in [0, 1]
 _PREFIX = "ssl_zoo."
 # Keys that must agree for a file to be served as a model; the weights by sha256 when they have one.
 _MUST_MATCH = ("input_size", "mean", "std", "feature_dim")
@@ -75,12 +80,17 @@ def check_metadata(path: str | os.PathLike, expected: dict[str, str]) -> None:
                          "`ssl-zoo export-onnx MODEL -o FILE`")
 
 
-def cached_export(resolved: Resolved, feature_dim: int) -> Path:
-    """The ONNX file of a resolved model (``zoo.fetch``), exported once per set of weights, torch version
-    and opset into ``$SSL_ZOO_CACHE/onnx`` (a stale or foreign file there is exported again)."""
-    expected = model_metadata(resolved.config, resolved.provenance, feature_dim)
-    identity = {"weights": expected["sha256"] or [resolved.config.to_dict(), resolved.build_seed, expected["model"]],
-                "torch": torch.__version__, "opset": OPSET}
+def cached_export(config: EncoderConfig, provenance: dict[str, Any], feature_dim: int,
+                  build: Callable[[], Encoder]) -> Path:
+    """The ONNX file of a model (its config, provenance and output size), exported from ``build()`` once per
+    set of weights (their sha256, else the registry name that builds them), torch version and opset into
+    ``$SSL_ZOO_CACHE/onnx``; a stale or foreign file there is exported again. ``build`` runs only then."""
+    expected = model_metadata(config, provenance, feature_dim)
+    if not (expected["sha256"] or expected["model"]):
+        raise ValueError("an encoder with neither a weights sha256 nor a name cannot be cached: export it with "
+                         "export_onnx")
+    identity = {"weights": expected["sha256"] or [config.to_dict(), expected["model"]], "torch": torch.__version__,
+                "opset": OPSET}
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
     path = default_cache_dir() / "onnx" / f"{key}.onnx"
     if path.is_file():
@@ -90,7 +100,20 @@ def cached_export(resolved: Resolved, feature_dim: int) -> Path:
         except Exception:  # unreadable or not this model's: export again over it
             pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    return export_onnx(resolved.load("cpu"), path)
+    return export_onnx(build(), path)
+
+
+def encoder_session(encoder: Encoder, threads: int | None = None) -> ort.InferenceSession:
+    """An onnxruntime session running ``encoder``'s graph (cached export when the encoder has a sha256 or a
+    name, else a one-off export), refused unless it agrees with torch within TOLERANCE."""
+    info = encoder.info
+    if info.get("sha256") or info.get("name") or info.get("source"):
+        session = onnx_session(cached_export(encoder.config, info, encoder.feature_dim, lambda: encoder), threads)
+    else:
+        with tempfile.TemporaryDirectory(prefix="ssl-zoo-onnx-") as tmp:
+            session = onnx_session(export_onnx(encoder, Path(tmp) / "encoder.onnx"), threads)
+    check_parity(encoder, session)
+    return session
 
 
 def onnx_session(path: str | os.PathLike, threads: int | None = None) -> ort.InferenceSession:
@@ -110,3 +133,16 @@ def max_abs_diff(encoder: nn.Module, session: ort.InferenceSession, images: torc
         expected = encoder.eval()(images).numpy()
     got = session.run(None, {"images": images.numpy()})[0]
     return float(np.abs(got - expected).max())
+
+
+def check_parity(encoder: Encoder, session: ort.InferenceSession, images: torch.Tensor | None = None) -> float:
+    """``max_abs_diff`` on ``images`` (default: 8 seeded random images of the encoder's input size);
+    raises when it exceeds TOLERANCE, and returns it."""
+    if images is None:
+        size = encoder.config.input_size
+        images = encoder.preprocess(torch.rand(8, 3, size, size, generator=torch.Generator().manual_seed(0)))
+    diff = max_abs_diff(encoder, session, images)
+    if diff > TOLERANCE:
+        raise RuntimeError(f"the ONNX graph of this encoder differs from torch by {diff:.2e} (> {TOLERANCE}); use "
+                           "the torch backend")
+    return diff

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .model import CONFIG_NAME, WEIGHTS_NAME
+from ..io import CONFIG_NAME, WEIGHTS_NAME
 
 TRAIN_CONFIG = "train_config.json"  # the resolved TrainConfig
 METRICS = "metrics.jsonl"  # one record per finished epoch

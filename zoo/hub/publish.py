@@ -16,11 +16,11 @@ import torch
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, get_token
 from huggingface_hub.errors import HfHubHTTPError
 
-from .hub import endpoint
-from .io import sha256_file, write_json
-from .model import CONFIG_NAME, WEIGHTS_NAME, Encoder, read_config
-from .rundir import PROVENANCE_FILES, TRAIN_CONFIG, public_training_config
+from ..io import CONFIG_NAME, WEIGHTS_NAME, sha256_file, write_json
+from ..model import Encoder, read_config
 from . import registry
+from .download import endpoint
+from .rundir import PROVENANCE_FILES, TRAIN_CONFIG, public_training_config
 
 TEMPLATE = resources.files("model_cards") / "template.md"
 PROBE_NAMES = {"knn5": "k-NN accuracy (k=5)", "knn200": "weighted k-NN accuracy (k=200)", "linear": "linear probe accuracy"}
@@ -177,9 +177,10 @@ def bundle(run_dir: str | os.PathLike, name_tag: str, *, force: bool = False) ->
 def _reprobe(run_dir: str | os.PathLike, results: dict[str, Any], protocol: dict[str, Any]) -> dict[str, Any]:
     """Re-measure the run's exported encoder as ``ssl-zoo probe`` would: refuse it unless that gives
     the run's own numbers; its numbers on a reduced bank (``CHECK_PER_CLASS``) for the test suite."""
-    from .probes import probe
+    from ..eval.probes import probe
+    from .sources import load
 
-    encoder = Encoder.from_pretrained(str(Path(run_dir).resolve()))
+    encoder = load(Path(run_dir).resolve())
     bank = protocol["knn5"]["train_images"]
     again = probe(encoder, train_per_class=bank // 10 if bank < 50_000 else None, progress=False)
     if differ := [k for k in PROBE_NAMES if k in results and again[k] != results[k]]:
