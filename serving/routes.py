@@ -58,7 +58,7 @@ class ImageEmbeddingSpec(LitSpec):
                 blobs, normalize = await embed_inputs(request, body, self.limits.max_images)
                 normalize = _one_normalize(normalize, request.query_params.get("normalize"))
                 vectors = await self._embed(blobs, normalize, deadline)
-        except (HTTPError, HTTPError) as e:
+        except HTTPError as e:
             return _error(e.status, {"error": str(e)})
         return _json({"model": self.model.name, "dim": self.model.dim, "embeddings": vectors})
 
@@ -74,7 +74,7 @@ class ImageEmbeddingSpec(LitSpec):
                                      "L2-normalised (cosine similarity); remove it")
                 vectors = await self._embed(blobs, True, deadline)
             index, hits = await self._search(vectors, k, deadline)
-        except (HTTPError, HTTPError) as e:
+        except HTTPError as e:
             return _error(e.status, {"error": str(e)})
         labelled = bool(index.manifest.get("classes"))
         results = [{"neighbors": h, **({"label": vote(h)} if labelled else {})} for h in hits]
@@ -86,7 +86,8 @@ class ImageEmbeddingSpec(LitSpec):
         return _error(404, {"error": NO_INDEX})
 
     async def openai_embeddings(self, request: Request) -> Response:
-        """``POST /v1/embeddings``, as OpenAI's: ``input`` is base64 images or data URLs."""
+        """``POST /v1/embeddings``, as OpenAI's: ``input`` is base64 images or data URLs; unit-length vectors
+        unless ``"normalize": false``."""
         deadline = time.monotonic() + self.limits.request_timeout
         try:
             if content_kind(request) != "json":
@@ -99,9 +100,11 @@ class ImageEmbeddingSpec(LitSpec):
                     raise HTTPError(400, "the request needs \"input\": a base64 image or data URL, or a list of "
                                      "them")
                 blobs = base64_images(payload["input"], "input", self.limits.max_images)
-                normalize = parse_bool(payload["normalize"], "normalize") if "normalize" in payload else False
+                # Unit vectors by default, as OpenAI's (its clients take cosine as a dot product); "normalize": false
+                # gives the raw features.
+                normalize = parse_bool(payload["normalize"], "normalize") if "normalize" in payload else True
                 vectors = await self._embed(blobs, normalize, deadline)
-        except (HTTPError, HTTPError) as e:
+        except HTTPError as e:
             kind = "invalid_request_error" if e.status < 500 else "server_error"
             return _error(e.status, {"error": {"message": str(e), "type": kind, "param": None, "code": None}})
         if encoding == "base64":  # little-endian float32 bytes, as OpenAI sends them

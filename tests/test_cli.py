@@ -42,7 +42,7 @@ def test_baseline_offers_both_batch_norm_modes_through_the_probe_path(tmp_path, 
 
 
 def _local_entries() -> list[dict]:
-    return [row for row in list_models()
+    return [row for row in list_models(details=True)
             if row["results"] and (row["source"] == "built locally" or row["source"].startswith("bundled"))]
 
 
@@ -51,7 +51,7 @@ def _local_entries() -> list[dict]:
 def test_probe_prints_the_listed_numbers_of_every_local_entry(name, tmp_path, capsys):
     # The listed numbers are `ssl-zoo probe NAME` on the full splits (over a minute on 2 CPU cores);
     # each local entry also stores its numbers on a reduced bank (results.check), run here.
-    row = next(r for r in list_models() if r["name"] == name)
+    row = next(r for r in list_models(details=True) if r["name"] == name)
     check = row["results"]["check"]
     out, _ = _run(capsys, "probe", name, "--train-per-class", str(check["train_per_class"]),
                   "--test-per-class", str(check["test_per_class"]), "--json", str(tmp_path / "probe.json"))
@@ -69,7 +69,7 @@ def test_probe_prints_the_listed_numbers_of_every_local_entry(name, tmp_path, ca
 def test_list_shows_numbers_with_their_protocol_and_origin(capsys):
     out, _ = _run(capsys, "list")
     rows = {line.split()[0]: line for line in out.splitlines()[1:]}
-    for entry in list_models():
+    for entry in list_models(details=True):
         line = rows[entry["name"]]
         assert line.endswith(entry["source"])
         for key in ("knn5", "knn200", "linear"):

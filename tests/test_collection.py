@@ -83,7 +83,7 @@ def test_cifar10_test_split_matches_encoder_embed_row_for_row(model_dir, cifar10
     expected = encoder.embed(cifar10_test.images[rows]).numpy()
     assert embeddings.dtype == np.float32 and embeddings.shape == (10_000, 64)
     np.testing.assert_allclose(embeddings[rows], expected, rtol=0, atol=1e-5)
-    assert metadata["row"].to_pylist() == list(range(10_000))
+    assert metadata["row"].to_pylist() == metadata["file_index"].to_pylist() == list(range(10_000))
     assert metadata["label"].to_pylist() == [cifar10_test.classes[i] for i in cifar10_test.labels]
     assert set(metadata["width"].to_pylist()) == set(metadata["height"].to_pylist()) == {32}
     assert [s["rows"] for s in manifest["shards"]] == [4096, 4096, 1808] and manifest["failures"] == 0
@@ -110,9 +110,10 @@ def test_bad_files_are_skipped_listed_and_rows_stay_deterministic(model_dir, tmp
     embeddings, metadata = load_collection(outs[0])
     failures = [json.loads(line) for line in (outs[0] / "failures.jsonl").read_text().splitlines()]
     # sorted file list: a/0.png a/1.jpg a/2.jpg b/0.jpg b/1.png b/2.png b/3.jpg
-    assert [(f["row"], Path(f["path"]).name) for f in failures] == [(1, "1.jpg"), (3, "0.jpg"), (5, "2.png")]
+    assert [(f["file_index"], Path(f["path"]).name) for f in failures] == [(1, "1.jpg"), (3, "0.jpg"), (5, "2.png")]
     assert "too large" in failures[2]["reason"] and all(f["reason"] for f in failures)
-    assert metadata["row"].to_pylist() == [0, 2, 4, 6]
+    assert metadata["file_index"].to_pylist() == [0, 2, 4, 6]  # positions in the file list
+    assert metadata["row"].to_pylist() == [0, 1, 2, 3]  # indices into the embeddings
     assert metadata["label"].to_pylist() == ["a", "a", "b", "b"]
     assert metadata["width"].to_pylist() == [30] * 4 and metadata["height"].to_pylist() == [40] * 4
     expected = zoo.load(model_dir).embed([src / "a/0.png", src / "a/2.jpg", src / "b/1.png",

@@ -286,9 +286,13 @@ def test_the_openai_client_gets_the_embeddings_in_both_encodings(server, openai_
     inputs = [f"data:image/jpeg;base64,{_b64(JPEGS[0].read_bytes())}", _b64(JPEGS[1].read_bytes())]
     default = openai_client.embeddings.create(model=str(model_dir), input=inputs)  # asks for base64, decodes it
     floats = openai_client.embeddings.create(model=f"local-dir:{model_dir}", input=inputs, encoding_format="float")
-    for response in (default, floats):
+    for response in (default, floats):  # unit vectors, as OpenAI's: its clients take cosine as a dot product
         assert [d.index for d in response.data] == [0, 1] and response.model == str(model_dir)
-        assert np.abs(np.array([d.embedding for d in response.data]) - expected[:2]).max() < 1e-5
+        vectors = np.array([d.embedding for d in response.data])
+        assert np.abs(vectors - _unit(expected[:2])).max() < 1e-5
+        assert np.abs(np.linalg.norm(vectors, axis=1) - 1).max() < 1e-5
+    raw_features = httpx.post(f"{server}/v1/embeddings", json={"input": inputs, "normalize": False}).json()
+    assert np.abs(np.array([d["embedding"] for d in raw_features["data"]]) - expected[:2]).max() < 1e-5
     raw = httpx.post(f"{server}/v1/embeddings", json={"input": inputs, "encoding_format": "base64"}).json()
     as_floats = httpx.post(f"{server}/v1/embeddings", json={"input": inputs}).json()
     decoded = np.stack([np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in raw["data"]])

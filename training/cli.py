@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from zoo.cli import Command
 
@@ -36,8 +37,23 @@ def _train(args: argparse.Namespace) -> None:
     from .config import build_config, overrides_from_args
     from .loop import train
 
-    train(build_config(args.method, args.preset, args.config, overrides_from_args(args)), args.out,
-          resume=args.resume, re_export=args.re_export)
+    cfg = build_config(args.method, args.preset, args.config, overrides_from_args(args))
+    try:
+        train(cfg, args.out, resume=args.resume, re_export=args.re_export)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(_interrupted(args.out, cfg.epochs)) from None
+
+
+def _interrupted(out: str, epochs: int) -> str:
+    """What Ctrl-C kept of the run in ``out``, and the command that continues it."""
+    from .provenance import command_line
+    from .resume import read_history
+
+    done = len(read_history(Path(out)))
+    kept = (f"the checkpoint in {out} keeps epoch {done} of {epochs}" if done else
+            f"no epoch of {epochs} had finished; {out} holds the run's settings")
+    command = command_line()
+    return f"{kept}; continue with: {command}{'' if ' --resume' in command else ' --resume'}"
 
 
 COMMANDS = {

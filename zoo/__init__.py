@@ -15,7 +15,7 @@ _EXPORTS = {
     "DatasetError": "data", "ImageArrays": "data", "load_cifar10": "data", "load_image_folder": "data",
     "ARCHITECTURES": "encoders", "EncoderConfig": "encoders", "build_encoder": "encoders",
     "Encoder": "model", "embed": "model",
-    "Preprocess": "transforms",
+    "Preprocess": "transforms", "create_transform": "transforms", "resolve_data_config": "transforms",
     "ProbeResult": "eval.probes", "evaluate": "eval.probes", "extract_features": "eval.probes",
     "knn_probe": "eval.probes", "linear_probe": "eval.probes", "probe": "eval.probes",
     "HashMismatchError": "hub.download",
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from .retrieval.embed import embed_collection
     from .retrieval.index import NeighborIndex, build_index
     from .retrieval.shards import load_collection
-    from .transforms import Preprocess
+    from .transforms import Preprocess, create_transform, resolve_data_config
 
 
 def __getattr__(name: str) -> Any:

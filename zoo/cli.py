@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -55,6 +56,12 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
     args = (parser or build_parser(argv)).parse_args(argv)
     try:
         return args.func(args) or 0
+    except BrokenPipeError:  # the reader went away (`ssl-zoo list | head -1`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail again
+        return 0
+    except KeyboardInterrupt as e:  # Ctrl-C: the command says what it kept and how to go on, in one line
+        print(f"ssl-zoo {args.command}: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
+        return 130
     except (ValueError, RuntimeError, OSError, LookupError) as e:
         print(f"ssl-zoo {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -107,10 +114,13 @@ def _list(args: argparse.Namespace) -> None:
     def pct(x):
         return f"{100 * x:.2f}" if x is not None else "-"
 
+    rows = list_models(args.pattern, details=True)
+    if not rows:
+        raise LookupError(f"no model matches {args.pattern!r}; the registry holds: {', '.join(list_models())}")
     print(f"{'name':<28} {'method':<12} {'architecture':<22} {'epochs':>6} {'compute':<26} {'k-NN %':>7} "
           f"{'wk-NN %':>7} {'linear %':>8}  {'features':<8} {'solver':<7} {'train/test':<12} {'numbers from':<14} "
           "files")
-    for row in list_models(args.pattern):
+    for row in rows:
         results, protocol = row["results"], row["protocol"]
         first = next(iter(protocol.values()), {})
         normalized = protocol.get("knn5", protocol.get("linear", {})).get("features_normalized")
@@ -230,11 +240,20 @@ def add_embed_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _embed(args: argparse.Namespace) -> None:
-    from .retrieval.embed import embed_collection
+    import shlex
+    from pathlib import Path
 
-    manifest = embed_collection(args.source, args.model, args.out, shard_size=args.shard_size, dtype=args.dtype,
-                                normalize=args.normalize, batch_size=args.batch_size, workers=args.workers,
-                                backend=args.backend, device=args.device, max_pixels=args.max_pixels)
+    from .retrieval.embed import embed_collection
+    from .retrieval.shards import PROGRESS
+
+    try:
+        manifest = embed_collection(args.source, args.model, args.out, shard_size=args.shard_size, dtype=args.dtype,
+                                    normalize=args.normalize, batch_size=args.batch_size, workers=args.workers,
+                                    backend=args.backend, device=args.device, max_pixels=args.max_pixels)
+    except KeyboardInterrupt:
+        done = len(list((Path(args.out) / PROGRESS).glob("shard-*.json")))
+        raise KeyboardInterrupt(f"{done} finished shard(s) are kept in {args.out}; run the same command again to "
+                                f"embed the rest: ssl-zoo {shlex.join(sys.argv[1:])}") from None
     if manifest is not None:
         print(f"{manifest['rows']} rows x {manifest['feature_dim']} ({manifest['dtype']}) in "
               f"{len(manifest['shards'])} shards, {manifest['failures']} failed files -> {args.out}")

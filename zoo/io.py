@@ -25,6 +25,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     """Write ``path`` through ``write(fileobj)`` into a temporary sibling, fsync it, rename it into
     place and fsync the directory: readers see the old file or the new one, never a part."""
     path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot write {path}: the folder {path.parent} does not exist; create it or choose "
+                                "another path")
     tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
     # Not tempfile.mkstemp, which always creates 0600: mode 0o666 here gets the umask, as open() does.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)

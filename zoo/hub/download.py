@@ -55,6 +55,12 @@ def download(repo_id: str, revision: str | None = None, *, token: str | bool | N
     except RevisionNotFoundError as e:
         raise FileNotFoundError(f"revision {revision} not found in {repo_id} ({endpoint()})") from e
     except LocalEntryNotFoundError as e:
+        from huggingface_hub import constants
+
+        if constants.HF_HUB_OFFLINE:
+            raise ConnectionError(f"{where} is not in the local cache and HF_HUB_OFFLINE is set, so the Hub "
+                                  f"({endpoint()}) was not asked: unset HF_HUB_OFFLINE to download it, or load a "
+                                  "cached revision") from e
         raise ConnectionError(f"cannot reach the Hub ({endpoint()}) and {where} is not in the local cache; "
                               "connect to the network, or load a cached revision") from e
     missing = [name for name in MODEL_FILES if not (folder / name).is_file()]

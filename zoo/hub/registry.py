@@ -93,9 +93,10 @@ def resolve(name: str) -> Entry:
     return Entry(base, tag, model, spec)
 
 
-def list_models(pattern: str | None = None) -> list[dict[str, Any]]:
-    """One row per ``name.tag`` (matching the shell-style ``pattern``, e.g. ``"byol*"``): method,
-    architecture, width, epochs, compute, results with their protocol, and where the files come from."""
+def list_models(pattern: str | None = None, *, details: bool = False) -> list[str] | list[dict[str, Any]]:
+    """The ``name.tag`` of every model (matching the shell-style ``pattern``, e.g. ``"byol*"``), as timm's
+    ``list_models``; ``details=True``: one row each with method, architecture, width, epochs, compute,
+    results with their protocol, and where the files come from."""
     rows = []
     for name, model in sorted(registry().items()):
         for tag, spec in model["tags"].items():
@@ -110,7 +111,7 @@ def list_models(pattern: str | None = None) -> list[dict[str, Any]]:
                 "compute": spec.get("compute"), "results": spec.get("results") or {},
                 "protocol": spec.get("protocol") or {}, "source": _source(spec), "pending": spec.get("pending"),
             })
-    return rows
+    return rows if details else [row["name"] for row in rows]
 
 
 def _source(spec: dict[str, Any]) -> str:

@@ -3,7 +3,8 @@ DataLoader workers) run through the model here and go to ``shards``, one shard i
 
 Shard ``i`` holds files ``[i * shard_size, (i + 1) * shard_size)`` of the file list minus the ones that
 failed, so a rerun, a resumed run and a torchrun run (shard ``i`` on rank ``i % world``) write the
-same bytes. Row ``j`` of the concatenated embeddings is row ``j`` of the concatenated metadata.
+same bytes. Row ``j`` of the concatenated embeddings is row ``j`` of the concatenated metadata; its
+``file_index`` is its file's position in the input list (failed files have none).
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ def _embed_shards(images: ImageList, encoder: Encoder, forward: Callable[[torch.
     bar = tqdm(total=total, unit="img", desc=f"{prefix}embed", disable=not show_bar,
                position=rank if world > 1 else None)
     dim, dtype, start, done = encoder.feature_dim, DTYPES[manifest["dtype"]], time.perf_counter(), 0
-    shard, feats, failures, meta = None, [], [], {k: [] for k in ("row", "path", "label", "width", "height")}
+    shard, feats, failures, meta = None, [], [], {k: [] for k in ("file_index", "path", "label", "width", "height")}
 
     def flush() -> None:
         """Write the shard gathered so far, report it, and start the next one empty."""
@@ -151,7 +152,7 @@ def _embed_shards(images: ImageList, encoder: Encoder, forward: Callable[[torch.
         write_shard(out, shard, manifest["settings_sha256"], feats, dim, dtype, meta, failures)
         if progress is None and not show_bar:  # not a terminal: a line per shard for the log
             rate = done / (time.perf_counter() - start)
-            print(f"{prefix}shard {shard + 1}/{n_shards}: {len(meta['row'])} rows, {len(failures)} failed; "
+            print(f"{prefix}shard {shard + 1}/{n_shards}: {len(meta['file_index'])} rows, {len(failures)} failed; "
                   f"{done}/{total} images, {rate:.0f} img/s, ETA {timedelta(seconds=round((total - done) / rate))}",
                   file=sys.stderr, flush=True)
         feats, failures, meta = [], [], {k: [] for k in meta}
@@ -166,13 +167,14 @@ def _embed_shards(images: ImageList, encoder: Encoder, forward: Callable[[torch.
                 if manifest["normalized"]:
                     x = F.normalize(x, dim=1)
                 feats.append(x.cpu().numpy().astype(dtype, copy=False))
-            for j, row in enumerate(batch.rows.tolist()):
+            for j, file_index in enumerate(batch.rows.tolist()):
                 if not batch.ok[j]:
-                    failures.append({"row": row, "path": images.paths[row], "reason": batch.reasons[j]})
+                    failures.append({"file_index": file_index, "path": images.paths[file_index],
+                                     "reason": batch.reasons[j]})
                     continue
-                meta["row"].append(row)
-                meta["path"].append(images.paths[row])
-                meta["label"].append(images.labels[row] if images.labels else None)
+                meta["file_index"].append(file_index)
+                meta["path"].append(images.paths[file_index])
+                meta["label"].append(images.labels[file_index] if images.labels else None)
                 meta["width"].append(batch.widths[j])
                 meta["height"].append(batch.heights[j])
             bar.update(len(batch.rows))

@@ -19,16 +19,26 @@ def write_grid(queries: list[str | os.PathLike | Image.Image], results: list[lis
     columns = 1 + max((len(r) for r in results), default=0)
     grid = Image.new("RGB", (columns * tile, len(queries) * (tile + caption)), "white")
     draw = ImageDraw.Draw(grid)
-    for i, (query, hits) in enumerate(zip(queries, results)):
+    for i, cells in enumerate(grid_cells(queries, results)):
         top = i * (tile + caption)
-        cells = [(query, "query", "")] + [(h["path"], h["label"] or Path(h["path"]).name, f"{h['similarity']:.3f}")
-                                          for h in hits]
         for j, (image, title, score) in enumerate(cells):
             grid.paste(_tile(image, tile), (j * tile, top))
             draw.text((j * tile + 3, top + tile + 1), f"{title}\n{score}", fill="black")
     path = Path(path)
     atomic_write(path, lambda f: grid.save(f, format="PNG"))
     return path
+
+
+def grid_cells(queries: list[str | os.PathLike | Image.Image],
+               results: list[list[dict[str, Any]]]) -> list[list[tuple[Any, str, str]]]:
+    """Per grid line, its cells ``(image, title, second caption line)``: the query titled by its file name
+    ("query N" for an in-memory image), then each neighbour by label (or file name) and similarity."""
+    lines = []
+    for i, (query, hits) in enumerate(zip(queries, results)):
+        name = Path(query).name if isinstance(query, (str, os.PathLike)) else f"query {i + 1}"
+        lines.append([(query, name, "query")] + [(h["path"], h["label"] or Path(h["path"]).name,
+                                                 f"{h['similarity']:.3f}") for h in hits])
+    return lines
 
 
 def _tile(image: str | os.PathLike | Image.Image, size: int) -> Image.Image:

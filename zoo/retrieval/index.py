@@ -23,7 +23,7 @@ import torch
 from ..io import atomic_write, sha256_file, write_json
 from ..model import Encoder
 from . import DEFAULT_NPROBE, FLAT_MAX_ROWS, require
-from .shards import MANIFEST, iter_shards, read_manifest
+from .shards import MANIFEST, iter_shards, read_manifest, read_metadata, with_rows
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -98,7 +98,8 @@ class NeighborIndex:
     """A built index with its rows' metadata (row, path, label) and the model that embedded them.
 
     ``search(vectors, k)`` and ``search_images(images, k)`` return, per query, up to ``k`` dicts
-    ``{"row", "path", "label", "similarity"}``, most similar first; ``predict`` votes on labels.
+    ``{"row", "file_index", "path", "label", "similarity"}``, most similar first (``row`` indexes the
+    collection's embeddings, ``file_index`` the input file list); ``predict`` votes on labels.
     """
 
     def __init__(self, directory: Path, index: Any, info: dict[str, Any], manifest: dict[str, Any],
@@ -111,7 +112,7 @@ class NeighborIndex:
              encoder: Encoder | None = None) -> NeighborIndex:
         """Open ``index.faiss`` in ``directory`` (an embed output indexed by ``build_index``);
         ``nprobe`` overrides the IVF default; ``encoder`` replaces the manifest's model for queries."""
-        faiss, pq = require("faiss"), require("pyarrow.parquet")
+        faiss = require("faiss")
         directory = Path(directory)
         manifest = read_manifest(directory)
         try:
@@ -128,9 +129,8 @@ class NeighborIndex:
                 raise ValueError(f"nprobe applies to an IVF index, 1..nlist ({info.get('nlist')}); this index is "
                                  f"{info['type']}")
             index.nprobe = nprobe
-        metadata = require("pyarrow").concat_tables(
-            [pq.read_table(directory / s["metadata"]["file"], columns=["row", "path", "label"])
-             for s in manifest["shards"]])
+        metadata = with_rows(require("pyarrow").concat_tables(
+            [read_metadata(directory, manifest, s, ["file_index", "path", "label"]) for s in manifest["shards"]]))
         if index.ntotal != len(metadata):
             raise ValueError(f"{directory / INDEX_FILE} holds {index.ntotal} vectors, the shards {len(metadata)} rows: "
                              f"run `ssl-zoo index {directory}` again")

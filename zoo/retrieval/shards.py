@@ -4,8 +4,8 @@ metadata, each committed by a record with its files' sha256, and the manifest th
 ``DIR`` after a run::
 
     embeddings-00000.npy        float32 or float16 (rows, feature_dim); L2-normalised rows with --normalize
-    metadata-00000.parquet      row (the file's position in the sorted file list), path, label, width, height
-    failures.jsonl              one {"row", "path", "reason"} per file that could not be read
+    metadata-00000.parquet      file_index (the file's position in the input list), path, label, width, height
+    failures.jsonl              one {"file_index", "path", "reason"} per file that could not be read
     manifest.json               model provenance, preprocessing, dtype, shard list with rows and sha256
     .progress/shard-00000.json  a finished shard's record (its files' sha256, its failures); resume reads it
 """
@@ -28,7 +28,8 @@ from . import require
 if TYPE_CHECKING:
     import pyarrow as pa
 
-FORMAT = "ssl-zoo-embeddings/1"
+FORMAT = "ssl-zoo-embeddings/2"
+FORMAT_1 = "ssl-zoo-embeddings/1"  # read too: its metadata column "row" held what is now "file_index"
 MANIFEST, FAILURES, PROGRESS = "manifest.json", "failures.jsonl", ".progress"
 
 
@@ -89,7 +90,7 @@ def write_shard(out: Path, shard: int, settings_sha: str, feats: list[np.ndarray
     embeddings = np.concatenate(feats) if feats else np.zeros((0, dim), dtype)
     atomic_write(out / names["embeddings"], lambda f: np.save(f, embeddings))
     pa, pq = require("pyarrow"), require("pyarrow.parquet")
-    table = pa.table({"row": pa.array(meta["row"], pa.int64()), "path": pa.array(meta["path"], pa.string()),
+    table = pa.table({"file_index": pa.array(meta["file_index"], pa.int64()), "path": pa.array(meta["path"], pa.string()),
                       "label": pa.array(meta["label"], pa.string()), "width": pa.array(meta["width"], pa.int32()),
                       "height": pa.array(meta["height"], pa.int32())})
     atomic_write(out / names["metadata"], lambda f: pq.write_table(table, f))
@@ -122,15 +123,31 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(f"{path} not found: {directory} is not a finished `ssl-zoo embed` output (run or "
                                 "resume `ssl-zoo embed ... --out` to complete it)")
     manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT:
+    if manifest.get("format") not in (FORMAT, FORMAT_1):
         raise ValueError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT!r}")
     return manifest
+
+
+def read_metadata(directory: Path, manifest: dict[str, Any], shard: dict[str, Any],
+                  columns: list[str] | None = None) -> pa.Table:
+    """One shard's metadata table (``columns``: a subset), ``file_index`` named so in either format."""
+    pq = require("pyarrow.parquet")
+    old = manifest["format"] == FORMAT_1
+    wanted = None if columns is None else [("row" if old and c == "file_index" else c) for c in columns]
+    table = pq.read_table(directory / shard["metadata"]["file"], columns=wanted)
+    return table.rename_columns(["file_index" if old and c == "row" else c for c in table.column_names])
+
+
+def with_rows(table: pa.Table) -> pa.Table:
+    """``table`` with a first column ``row``: the index of each row into the collection's embeddings."""
+    pa = require("pyarrow")
+    return table.add_column(0, "row", pa.array(range(len(table)), pa.int64()))
 
 
 def iter_shards(directory: str | os.PathLike, manifest: dict[str, Any] | None = None, *,
                 verify: bool = True) -> Iterator[tuple[np.ndarray, pa.Table]]:
     """Yield each shard's ``(embeddings, metadata table)`` in order, checking its files' sha256."""
-    directory, pq = Path(directory), require("pyarrow.parquet")
+    directory = Path(directory)
     manifest = manifest or read_manifest(directory)
     for shard in manifest["shards"]:
         files = {k: directory / shard[k]["file"] for k in ("embeddings", "metadata")}
@@ -138,14 +155,16 @@ def iter_shards(directory: str | os.PathLike, manifest: dict[str, Any] | None = 
             raise ValueError(f"shard {shard['index']} of {directory} ({files['embeddings'].name}, "
                              f"{files['metadata'].name}) does not match the manifest's sha256: rerun `ssl-zoo embed` "
                              "with the same arguments to redo it")
-        yield np.load(files["embeddings"]), pq.read_table(files["metadata"])
+        yield np.load(files["embeddings"]), read_metadata(directory, manifest, shard)
 
 
 def load_collection(directory: str | os.PathLike, *, verify: bool = True) -> tuple[np.ndarray, pa.Table]:
-    """All embeddings ``(rows, feature_dim)`` and the metadata table of an ``ssl-zoo embed`` output."""
+    """All embeddings ``(rows, feature_dim)`` and their metadata table, row for row: ``row`` (the index into
+    the embeddings), ``file_index`` (the file's position in the input list, which skips failed files),
+    ``path``, ``label``, ``width``, ``height``."""
     manifest = read_manifest(directory)
     shards = list(iter_shards(directory, manifest, verify=verify))
     embeddings = np.concatenate([e for e, _ in shards]) if shards else np.zeros((0, manifest["feature_dim"]))
-    return embeddings, require("pyarrow").concat_tables([t for _, t in shards])
+    return embeddings, with_rows(require("pyarrow").concat_tables([t for _, t in shards]))
 
 
