@@ -34,16 +34,50 @@ def write_report(name: str, title: str, rows: list[dict], notes: str = "") -> st
     return markdown
 
 
-def update_readme(readme: Path = RESULTS.parents[1] / "README.md") -> None:
-    """Copy each results/<name>.md between ``<!-- bench:<name> -->`` and ``<!-- /bench:<name> -->``."""
-    text = readme.read_text()
-    for md in sorted(RESULTS.glob("*.md")):
-        start, end = f"<!-- bench:{md.stem} -->", f"<!-- /bench:{md.stem} -->"
-        if start in text and end in text:
-            head, rest = text.split(start, 1)
-            text = head + start + "\n" + md.read_text().rstrip() + "\n" + end + rest.split(end, 1)[1]
-    readme.write_text(text)
+DOCS = [RESULTS.parents[1] / "README.md", *sorted((RESULTS.parents[1] / "docs").glob("*.md"))]
+ASSETS = RESULTS.parents[1] / "docs" / "assets"
+
+
+def zoo_table() -> str:
+    """The registry's models (default tags) with compute and the model-card numbers, as a markdown table."""
+    import zoo
+
+    rows = ["| model | method | training compute | weighted k-NN | k-NN | linear |", "|---|---|---|---|---|---|"]
+    for row in zoo.list_models(details=True):
+        if not row["default"] or row["pending"]:
+            continue
+        name, _, tag = row["name"].partition(".")
+        compute = row["compute"] or {}
+        cost = (f"{compute['train_flops'] / 1e15:.2f} PFLOP; {compute['cpu_minutes'] / compute['cores']:.0f} min on "
+                f"{compute['cores']} cores" if compute.get("train_flops") else "0")
+        results = row["results"]
+        rows.append(f"| `{name}` (`.{tag}`) | {row['method']} | {cost} | " +
+                    " | ".join(f"{100 * results[k]:.2f} %" for k in ("knn200", "knn5", "linear")) + " |")
+    return "\n".join(rows)
+
+
+def _replace(text: str, name: str, content: str) -> str:
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    if start not in text or end not in text:
+        return text
+    head, rest = text.split(start, 1)
+    return head + start + "\n" + content.rstrip() + "\n" + end + rest.split(end, 1)[1]
+
+
+def update_docs() -> None:
+    """Copy each results/<name>.md between ``<!-- bench:<name> -->`` markers and the registry's table between
+    ``<!-- zoo-table -->`` markers, in the README and every docs page; the results' PNGs to docs/assets."""
+    tables = {f"bench:{md.stem}": md.read_text() for md in sorted(RESULTS.glob("*.md"))}
+    tables["zoo-table"] = zoo_table()
+    for page in DOCS:
+        text = page.read_text()
+        for name, content in tables.items():
+            text = _replace(text, name, content)
+        page.write_text(text)
+    ASSETS.mkdir(exist_ok=True)
+    for png in RESULTS.glob("*.png"):
+        (ASSETS / png.name).write_bytes(png.read_bytes())
 
 
 if __name__ == "__main__":
-    update_readme()
+    update_docs()

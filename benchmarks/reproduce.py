@@ -2,16 +2,22 @@
 
     python benchmarks/reproduce.py                       # all bundled models, 2 epochs each
     python benchmarks/reproduce.py byol-cifar10.cpu --epochs 3
+    python benchmarks/reproduce.py simclr-cifar10.cpu --epochs 1 --kernels avx2
 
 Runs the exact command recorded in the bundled config.json (its `--out` pointed at a temporary folder),
 stops it once N epochs are logged, and compares loss, k-NN and weighted k-NN of each epoch with the
-shipped run's; a full rerun takes the card's wall time (80-110 min per model on 2 cores).
+shipped run's; a full rerun takes the card's wall time (80-110 min per model on 2 cores). With
+``--kernels avx2`` it measures what another kind of CPU does to the same run: the command runs twice
+in fp32 (emulated bf16 would take hours), with this CPU's kernels and restricted to AVX2 ones
+(``ATEN_CPU_CAPABILITY=avx2``, ``ONEDNN_MAX_CPU_ISA=AVX2``: what an AVX2-only CPU such as AMD Zen 3
+runs), and the two are compared.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -35,10 +41,13 @@ def rerun_command(command: str, out: Path) -> list[str]:
     return [sys.executable, "-c", "from zoo.cli import main; main()", *argv[1:]]
 
 
-def run_epochs(argv: list[str], metrics: Path, epochs: int, log: Path) -> list[dict]:
+AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def run_epochs(argv: list[str], metrics: Path, epochs: int, log: Path, env: dict | None = None) -> list[dict]:
     """Start ``argv``, stop it once ``metrics`` has ``epochs`` lines, and return those lines."""
     with log.open("w") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})})
         try:
             while _lines(metrics) < epochs and proc.poll() is None:
                 time.sleep(2)
@@ -64,19 +73,42 @@ def compare(tag: str, epochs: int, work: Path) -> dict:
     argv = rerun_command(provenance["command"], work / tag)
     print(f"{tag}: {shlex.join(argv[3:])} for {epochs} epochs", flush=True)
     rerun = run_epochs(argv, work / tag / "metrics.jsonl", epochs, work / f"{tag}.log")
-    diffs = {k: max(abs(a[k] - b[k]) for a, b in zip(shipped, rerun)) for k in COMPARED}
+    row = differences(tag, epochs, shipped, rerun)
     return {"model": tag, "epochs compared": epochs, "card's commit": provenance["git_commit"][:7],
-            "max Δ loss": f"{diffs['loss']:.3g}",
+            **{k: v for k, v in row.items() if k not in ("model", "epochs compared")},
+            "rerun weighted k-NN by epoch (%)": " / ".join(f"{100 * r['weighted_knn_accuracy']:.2f}" for r in rerun)}
+
+
+def differences(tag: str, epochs: int, a: list[dict], b: list[dict]) -> dict:
+    """The largest per-epoch difference of each compared metric between two runs' records."""
+    diffs = {k: max(abs(x[k] - y[k]) for x, y in zip(a, b)) for k in COMPARED}
+    return {"model": tag, "epochs compared": epochs, "max Δ loss": f"{diffs['loss']:.3g}",
             "max Δ k-NN (points)": f"{100 * diffs['knn_accuracy']:.2f}",
             "max Δ weighted k-NN (points)": f"{100 * diffs['weighted_knn_accuracy']:.2f}",
-            "bitwise equal": all(a[k] == b[k] for a, b in zip(shipped, rerun) for k in COMPARED),
-            "rerun weighted k-NN by epoch (%)": " / ".join(f"{100 * r['weighted_knn_accuracy']:.2f}" for r in rerun)}
+            "bitwise equal": all(x[k] == y[k] for x, y in zip(a, b) for k in COMPARED)}
+
+
+def compare_kernels(tag: str, epochs: int, work: Path) -> dict:
+    """The card's command in fp32 with this CPU's kernels and with AVX2 ones only, compared epoch by epoch."""
+    command = json.loads((PRETRAINED / tag / "config.json").read_text())["provenance"]["command"]
+    runs = {}
+    for kernels, env in (("native", {}), ("avx2", AVX2_ONLY)):
+        argv = rerun_command(command, work / f"{tag}-{kernels}") + ["--precision", "fp32"]
+        print(f"{tag} ({kernels} kernels): {shlex.join(argv[3:])} for {epochs} epochs", flush=True)
+        runs[kernels] = run_epochs(argv, work / f"{tag}-{kernels}" / "metrics.jsonl", epochs,
+                                   work / f"{tag}-{kernels}.log", env)
+    return {**differences(tag, epochs, runs["native"], runs["avx2"]),
+            "weighted k-NN by epoch, native / AVX2 (%)": ", ".join(
+                f"{100 * a['weighted_knn_accuracy']:.2f} / {100 * b['weighted_knn_accuracy']:.2f}"
+                for a, b in zip(runs["native"], runs["avx2"]))}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("tags", nargs="*", help="bundled models (default: every folder of zoo/pretrained)")
     ap.add_argument("--epochs", type=int, default=2, help="epochs to rerun and compare (default %(default)s)")
+    ap.add_argument("--kernels", choices=["card", "avx2"], default="card", help="card (default): rerun against the "
+                    "shipped records; avx2: this CPU's kernels against AVX2-only ones, both in fp32")
     args = ap.parse_args()
     if args.epochs < 1:
         sys.exit(f"--epochs must be at least 1, not {args.epochs}")
@@ -88,6 +120,15 @@ def main() -> None:
     if short:
         sys.exit(f"--epochs {args.epochs} is more than these models were trained for: {short}; lower it")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if args.kernels == "avx2":
+        with tempfile.TemporaryDirectory(prefix="reproduce-") as work:
+            rows = [compare_kernels(tag, args.epochs, Path(work)) for tag in tags]
+        print(write_report("reproduce-kernels", "The same command on other kernels: AVX-512 against AVX2-only, fp32",
+                           rows, f"Each model's recorded command rerun at commit {commit.stdout.strip()} with "
+                           "`--precision fp32` twice: with this CPU's kernels and restricted to AVX2 ones "
+                           "(ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2), stopped after the epochs shown; the "
+                           "per-epoch monitor compared. Command: `python benchmarks/reproduce.py TAG --kernels avx2`."))
+        return
     with tempfile.TemporaryDirectory(prefix="reproduce-") as work:
         rows = [compare(tag, args.epochs, Path(work)) for tag in tags]
     configs = [json.loads((PRETRAINED / tag / "train_config.json").read_text()) for tag in tags]

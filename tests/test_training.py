@@ -103,7 +103,8 @@ def test_the_published_config_has_provenance_and_no_local_paths(smoke_run):
     assert prov["train_flops"] == estimate.step_flops(method, [(2 * 64, 3, 32, 32)]) * (400 // 64) * 2 > 0
     assert metrics[-1]["train_flops"] == prov["train_flops"] == 2 * metrics[0]["train_flops"]
     assert prov["compute"] == {"device": "cpu", "minutes": prov["wall_minutes"], "train_flops": prov["train_flops"],
-                               "cpu": hardware.cpu_summary(), "precision": prov["precision"]}
+                               "cpu": hardware.cpu_summary(), "precision": prov["precision"],
+                               "cpu_minutes": prov["cpu_minutes"], "cores": os.cpu_count()}
 
 
 def _flip_a_tensor_byte(path):

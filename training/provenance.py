@@ -91,4 +91,5 @@ def run_provenance(history: list[dict[str, Any]], device: torch.device, processe
             "wall_minutes": round(wall_minutes, 2), "cpu_minutes": round(history[-1]["cpu_seconds"] / 60, 2),
             "train_flops": train_flops,
             "compute": {"device": name, "minutes": round(wall_minutes, 2), "train_flops": train_flops,
-                        "cpu": cpu_summary(cpu), "precision": precision}}
+                        "cpu": cpu_summary(cpu), "precision": precision,
+                        "cpu_minutes": round(history[-1]["cpu_seconds"] / 60, 2), "cores": os.cpu_count()}}

@@ -142,6 +142,8 @@ def _compute_text(compute: dict | None) -> str:
     if not compute:
         return "-"
     flops = f", {compute['train_flops'] / 1e15:.2f} PFLOP" if compute.get("train_flops") else ""
+    if compute.get("cpu_minutes") and compute.get("cores"):  # CPU time per core: what other jobs do not inflate
+        return f"{compute['device']} {compute['cpu_minutes'] / compute['cores']:.0f} min x{compute['cores']}{flops}"
     return f"{compute['device']} {compute['minutes']:.0f} min{flops}"
 
 
