@@ -1,4 +1,4 @@
-"""Replay the server attacks of issue #12 against a local server, all at once, while valid requests run.
+"""Replay the attacks of issues #12 and #25 against a local server, all at once, while valid requests run.
 
     nice -n 10 python benchmarks/attack.py
 
@@ -9,6 +9,9 @@ JPEGs, embeddings compared with zoo.embed); phase 2 pauses, then kills, the infe
 Reported per attack: status codes, seconds until the last answer or close, peak RSS of each server
 process while it ran; then whether every valid request succeeded with the right embeddings, whether
 any 5xx other than 504 came back, and each process's RSS after the attacks against its warm level.
+Then decoding bombs (issue #25): the latency of one valid client alone, and again while 8 clients send
+bombs without pause (goal: at most 2x); and ``ssl-zoo embed``, the index and a restarted worker under
+files nobody vetted. The hostile files come from ``tests/hostile.py``.
 """
 
 from __future__ import annotations
@@ -20,11 +23,17 @@ import os
 import random
 import re
 import secrets
+import shutil
 import signal
 import threading
 import time
 from collections import Counter
 from pathlib import Path
+
+import statistics
+import subprocess
+import sys
+import tempfile
 
 import httpx
 import numpy as np
@@ -32,6 +41,9 @@ from PIL import Image
 
 import zoo
 from report import RESULTS, write_report
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import hostile  # noqa: E402  (the tests' hostile files, made in memory)
 from serving_common import jpegs, model_dir, process_tree, start_server, stop_server
 from zoo.io import write_json
 
@@ -170,6 +182,15 @@ async def idle_connections(port: int, n: int = 100) -> list[str]:
     return list(await asyncio.gather(*(one() for _ in range(n))))
 
 
+BOMBS = {  # decoding bombs that pass every pixel limit (issue #25): name -> (file, expected status)
+    "progressive JPEG declaring 11,585 x 11,585 (3 KB)": (
+        hostile.declared_size(hostile.jpeg((256, 256), progressive=True), 11585, 11585), "413"),
+    "JPEG of 2,000 scans": (hostile.repeated_scans(hostile.jpeg((512, 512), progressive=True), 2000), "400"),
+    "PNG with 5,000 colour profiles (iCCP)": (hostile.icc_profiles(5000), "400"),
+    "PNG of 1 x 80,000,000 (230 KB)": (hostile.long_thin_png(80_000_000), "400"),
+}
+
+
 def _post(path: str, ctype: str, length: int, key: bool = True) -> bytes:
     auth = f"Authorization: Bearer {KEY}\r\n" if key else ""
     return (f"POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: {ctype}\r\nContent-Length: {length}\r\n\r\n"
@@ -199,6 +220,10 @@ async def http_attacks(url: str, jpeg: bytes) -> dict[str, tuple[list[str], str]
         "EPS file (a Ghostscript format)": (dict(content=eps, headers=jpeg_type), "400", 1, True),
         "65 images in one request": (dict(files=[("images", ("a.jpg", jpeg, "image/jpeg"))] * 65), "413", 1, True),
         "50 truncated JPEGs": (dict(content=jpeg[: len(jpeg) // 3], headers=jpeg_type), "400", 50, True),
+        **{name: (dict(content=data, headers=jpeg_type), expected, 1, True) for name, (data, expected) in BOMBS.items()},
+        "normalize given twice in a form": (dict(files=[("images", ("a.jpg", jpeg, "image/jpeg")),
+                                                        ("normalize", (None, "true")), ("normalize", (None, "false"))]),
+                                            "400", 1, True),
         "no API key": (dict(content=jpeg, headers=jpeg_type), "401", 1, False),
         "wrong API key": (dict(content=jpeg, headers={**jpeg_type, "x-api-key": "guess"}), "401", 1, False),
     }
@@ -275,11 +300,121 @@ async def phase_one(url: str, images: list[bytes], expected: np.ndarray, sampler
     return [_row(sampler, *r) for r in rows], outcomes
 
 
+async def bombs_in_flight(url: str, jpeg: bytes, sampler: RssSampler, requests: int = 30) -> dict:
+    """One valid client's latency alone, then while 8 clients send decoding bombs without pause."""
+    async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=90) as client:
+        async def valid() -> list[float]:
+            times = []
+            for _ in range(requests):
+                start = time.monotonic()
+                r = await client.post("/embed", content=jpeg, headers={"content-type": "image/jpeg"})
+                assert r.status_code == 200, r.text
+                times.append(time.monotonic() - start)
+            return times
+
+        alone = await valid()
+        stop, statuses, bombs = asyncio.Event(), Counter(), list(BOMBS.values())
+
+        async def bomber(i: int) -> None:
+            while not stop.is_set():
+                r = await client.post("/embed", content=bombs[i % len(bombs)][0],
+                                      headers={"content-type": "image/jpeg"})
+                statuses[str(r.status_code)] += 1
+
+        start = time.monotonic()
+        tasks = [asyncio.create_task(bomber(i)) for i in range(8)]
+        during = await valid()
+        stop.set()
+        await asyncio.gather(*tasks)
+        end = time.monotonic()
+    ratio = statistics.median(during) / statistics.median(alone)
+    row = _row(sampler, "8 clients sending decoding bombs without pause, one valid client alongside",
+               "4xx; valid latency at most 2x", list(statuses), end - start, (start, end))
+    row["answers"] = (f"{', '.join(f'{k} x{v}' for k, v in sorted(statuses.items()))}; valid median "
+                      f"{1000 * statistics.median(alone):.0f} ms alone, {1000 * statistics.median(during):.0f} ms "
+                      f"during ({ratio:.2f}x)")
+    return {"row": row, "ratio": ratio, "alone_ms": 1000 * statistics.median(alone),
+            "during_ms": 1000 * statistics.median(during)}
+
+
+async def half_open(url: str, jpeg: bytes, sampler: RssSampler, n: int = 260) -> dict:
+    """``n`` connections from 127.0.0.1 that send nothing, while a client from 127.0.0.2 sends valid requests."""
+    port, start = _port(url), time.monotonic()
+    held, refused = [], 0
+    for _ in range(n):
+        held.append(await asyncio.open_connection(HOST, port))
+    await asyncio.sleep(0.5)
+    for reader, _ in held:
+        try:
+            refused += (await asyncio.wait_for(reader.readline(), 0.05)).startswith(b"HTTP/1.1 503")
+        except TimeoutError:
+            pass
+    transport = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
+    async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=30, transport=transport) as client:
+        valid = [str((await client.post("/embed", content=jpeg, headers={"content-type": "image/jpeg"})).status_code)
+                 for _ in range(5)]
+    for _, writer in held:
+        writer.close()
+    end = time.monotonic()
+    row = _row(sampler, f"{n} silent connections from one address, valid requests from another",
+               "503 beyond 32 per address; the other address served", valid, end - start, (start, end))
+    row["answers"] = f"{refused} of {n} refused with 503 at once; valid from 127.0.0.2: " + row["answers"]
+    return row
+
+
+def hostile_folder_rows() -> list[dict]:
+    """``ssl-zoo embed`` on a folder nobody vetted, and an index with a damaged file (no server)."""
+    from zoo.retrieval.index import NeighborIndex, build_index
+
+    root = Path(tempfile.mkdtemp(prefix="attack-embed-"))
+    folder = root / "untrusted"
+    (folder / "sub").mkdir(parents=True)
+    for i, jpeg in enumerate(jpegs(3)):
+        (folder / "sub" / f"{i}.jpg").write_bytes(jpeg)
+    os.mkfifo(folder / "fifo.jpg")
+    (folder / "sub" / "loop").symlink_to("..")
+    (folder / "sub" / "loop2").symlink_to("../sub")
+    (folder / "eps.jpg").write_bytes(hostile.EPS)
+    for i, (name, (data, _)) in enumerate(BOMBS.items()):
+        (folder / f"bomb-{i}.{'png' if 'PNG' in name else 'jpg'}").write_bytes(data)
+    fd = os.open(os.path.join(os.fsencode(folder), b"caf\xe9.jpg"), os.O_WRONLY | os.O_CREAT)
+    os.write(fd, jpegs(1)[0])
+    os.close(fd)
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "zoo", "embed", str(folder), "--model", str(model_dir(8)), "--out",
+                           str(root / "out"), "--workers", "2"], capture_output=True, text=True, timeout=600)
+    seconds = time.monotonic() - start
+    if proc.returncode == 0:
+        failures = (root / "out" / "failures.jsonl").read_text().splitlines()
+        manifest = json.loads((root / "out" / "manifest.json").read_text())
+        answer = f"finished: {manifest['rows']} rows, {len(failures)} files refused with their reasons"
+    else:
+        answer = f"exit {proc.returncode}: {proc.stderr[-200:]}"
+    no_server = {f"peak RSS MB {role}": "-" for role in ("http", "worker", "main", "manager")}
+    rows = [{"attack": "ssl-zoo embed on a folder with a FIFO, 2 link loops, an EPS, 4 bombs and a Latin-1 name",
+             "expected": "finishes: 3 rows, each refused file listed", "answers": answer, "seconds": round(seconds, 1),
+             **no_server}]
+    build_index(root / "out")
+    data = bytearray((root / "out" / "index.faiss").read_bytes())
+    data[-1] ^= 0xFF
+    (root / "out" / "index.faiss").write_bytes(bytes(data))
+    try:
+        NeighborIndex.load(root / "out")
+        answer = "loaded"
+    except ValueError as e:
+        answer = f"refused: {str(e)[:70]}"
+    rows.append({"attack": "index.faiss with a flipped byte", "expected": "refused (checksum in index.json)",
+                 "answers": answer, "seconds": 0, **no_server})
+    shutil.rmtree(root, ignore_errors=True)
+    return rows
+
+
 def _worker_pid(sampler: RssSampler) -> int:
     return sampler.roles()["worker"]
 
 
-async def phase_two(url: str, images: list[bytes], expected: np.ndarray, sampler: RssSampler) -> list[dict]:
+async def phase_two(url: str, images: list[bytes], expected: np.ndarray, sampler: RssSampler,
+                    model_path: Path) -> list[dict]:
     """The inference worker paused past the request deadline, then killed."""
     rows = []
     async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=120) as client:
@@ -315,6 +450,25 @@ async def phase_two(url: str, images: list[bytes], expected: np.ndarray, sampler
         rows.append(_row(sampler, "inference worker killed (SIGKILL)",
                          "200 (queued until the restart), 504 (taken by the killed worker)",
                          statuses, end - start, (start, end)))
+
+        weights = model_path / "model.safetensors"
+        good, start = weights.read_bytes(), time.monotonic()
+        other = model_dir(16, seed=1)  # other weights of the same shape
+        weights.write_bytes((other / "model.safetensors").read_bytes())
+        os.kill(_worker_pid(sampler), signal.SIGKILL)
+        answers, health = [], []
+        while time.monotonic() - start < 30:
+            answers.append(await embed())
+            health.append(str((await client.get("/health")).status_code))
+        weights.write_bytes(good)
+        while time.monotonic() - start < 150 and str((await client.get("/health")).status_code) != "200":
+            await asyncio.sleep(0.5)
+        statuses = [f"{s} x{n}" for s, n in sorted(Counter(answers).items())] + [
+            f"health {'/'.join(sorted(set(health)))}", f"restored: then {await embed()}"]
+        end = time.monotonic()
+        rows.append(_row(sampler, "weights replaced, worker killed: the restart must not serve them",
+                         "no 200 while replaced (503/504: not ready), 200 once restored", statuses, end - start,
+                         (start, end)))
     return rows
 
 
@@ -346,20 +500,24 @@ def main() -> None:
         warm_traffic = asyncio.run(_warm_up(url, images, expected, 15))
         warm = sampler.now()
         rows, outcomes = asyncio.run(phase_one(url, images, expected, sampler))
+        bombs = asyncio.run(bombs_in_flight(url, images[0], sampler))
+        rows += [bombs["row"], asyncio.run(half_open(url, images[0], sampler))]
         time.sleep(3)
         settle = asyncio.run(_warm_up(url, images, expected, 5))
         after = sampler.now()
-        rows += asyncio.run(phase_two(url, images, expected, sampler))
+        rows += asyncio.run(phase_two(url, images, expected, sampler, path))
     finally:
         sampler.stop()
         stop_server(proc)
-    codes = [c for r in rows for s in r.pop("_statuses") if not s.startswith("health")  # /health's 503: by design
+    codes = [c for r in rows for s in r.pop("_statuses", []) if not s.startswith("health")  # /health's 503: by design
              for c in re.findall(r"\b\d{3}\b", s)] + [o.split()[-1] for o in outcomes if o.startswith("status")]
     fivexx = sorted({c for c in codes if c.startswith("5") and c != "504"})
     rss = {role: {"warm MB": round(warm[role], 1), "after MB": round(after.get(role, 0.0), 1),
                   "change %": round(100 * (after.get(role, 0.0) / warm[role] - 1), 1)}
            for role in ("main", "manager", "http", "worker") if role in warm}
+    rows += hostile_folder_rows()
     summary = {"valid requests during the attacks": dict(outcomes), "valid requests before": dict(warm_traffic),
+               "valid latency with 8 bombs in flight": {k: round(v, 2) for k, v in bombs.items() if k != "row"},
                "valid requests after": dict(settle), "5xx other than 504": fivexx, "RSS after vs warm": rss,
                "server": "ssl-zoo serve defaults (header 10 s, body 20 s, request 30 s, 256 MB of bodies, "
                          "64 KB of headers, 256 connections), width-16 CIFAR ResNet-18, API key"}
@@ -368,7 +526,10 @@ def main() -> None:
              f"5xx other than 504: {fivexx or 'none'}. RSS after the attacks vs warm (MB): "
              + ", ".join(f"{role} {v['warm MB']} -> {v['after MB']} ({v['change %']:+} %)" for role, v in rss.items())
              + f". Every valid request succeeded with the right embeddings: {'yes' if ok_valid else 'NO'}. "
-             "Phase 2: the inference worker paused past the 30 s deadline, then killed. Server: `ssl-zoo serve` "
+             f"With 8 clients sending decoding bombs without pause, one valid client's median latency went from "
+             f"{bombs['alone_ms']:.0f} to {bombs['during_ms']:.0f} ms ({bombs['ratio']:.2f}x; goal: at most 2x). "
+             "Phase 2: the inference worker paused past the 30 s deadline, then killed, then killed again with "
+             "its weights replaced on disk. Server: `ssl-zoo serve` "
              "defaults with an API key; width-16 CIFAR ResNet-18. Command: `nice -n 10 python benchmarks/attack.py`.")
     print(write_report("attack", "Attacks on the embedding server (127.0.0.1), with valid traffic alongside",
                        rows, notes))

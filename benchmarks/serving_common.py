@@ -20,9 +20,9 @@ import zoo
 CIFAR_TEST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg" / "test"
 
 
-def model_dir(width: int) -> Path:
+def model_dir(width: int, seed: int = 0) -> Path:
     """A random-init CIFAR ResNet-18 of ``width`` saved as a zoo directory (speed does not depend on weights)."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = zoo.EncoderConfig("resnet18_cifar", {"width": width})
     return zoo.Encoder(config).save_pretrained(tempfile.mkdtemp(prefix=f"serve-w{width}-"))
 

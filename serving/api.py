@@ -62,7 +62,7 @@ def check_index(directory: str | Path, served: ServedModel) -> dict[str, Any]:
 def build_server(model: str, *, backend: str = "torch", max_batch_size: int = 16, batch_timeout: float = 0.05,
                  batch_gap: float = 0.008, workers: int = 1, limits: Limits = Limits(), accelerator: str = "auto",
                  api_key: str | None = None, onnx_file: str | Path | None = None, index: str | Path | None = None,
-                 search_k: int = 10, max_search_k: int = 100) -> EmbeddingLitServer:
+                 search_k: int = 10, max_search_k: int = 100, absolute_paths: bool = False) -> EmbeddingLitServer:
     """A LitServer for ``model`` (registry name, ``hf-hub:owner/repo[@rev]`` or a local path). A batch starts
     when it has ``max_batch_size`` requests, when no request came for ``batch_gap`` s, or ``batch_timeout`` s
     after its first request. With ``api_key`` every route but /health needs it and /docs is off. With
@@ -72,7 +72,7 @@ def build_server(model: str, *, backend: str = "torch", max_batch_size: int = 16
     served = served_model(model, resolved, backend)
     search, index_info = None, None
     if index is not None:
-        search = SearchSettings(str(Path(index).resolve()), search_k, max_search_k)
+        search = SearchSettings(str(Path(index).resolve()), search_k, max_search_k, absolute_paths)
         index_info = check_index(search.directory, served) | {"k": search_k, "max_k": max_search_k}
     onnx_path = None
     if backend == "onnx":
@@ -105,6 +105,6 @@ async def _unauthorized(request: Request, error: Unauthorized) -> JSONResponse:
 
 def uvicorn_options(limits: Limits, access_log: bool = False) -> dict[str, Any]:
     """uvicorn settings for ``server.run``: header size and deadline, keep-alive, connection count, access log."""
-    return {"http": guarded_protocol(limits.max_header_bytes, limits.header_timeout),
+    return {"http": guarded_protocol(limits.max_header_bytes, limits.header_timeout, limits.max_client_connections),
             "timeout_keep_alive": limits.keep_alive, "limit_concurrency": limits.max_connections,
             "access_log": access_log}

@@ -15,10 +15,10 @@ def read_api_key(flag: str | None = None, file: str | os.PathLike | None = None)
     (the first given), or None for no key."""
     if file is not None:
         try:
-            key = Path(file).read_text().strip()
+            lines = Path(file).read_text().splitlines()
         except OSError as e:
             raise ValueError(f"cannot read the API key file {file}: {e.strerror}") from e
-        source = f"the API key file {file}"
+        key, source = (lines[0] if lines else "").strip(), f"the first line of the API key file {file}"
     elif flag is not None:
         key, source = flag.strip(), "--api-key"
     else:

@@ -188,4 +188,8 @@ async def _multipart_inputs(request: Request, body: bytes, max_images: int) -> t
         if isinstance(f, str):
             raise HTTPError(400, f"field 'images' #{i} is text, not a file upload")
         blobs.append((f"images[{i}] ({f.filename})", await f.read()))
-    return blobs, form.get("normalize")
+    normalize = form.getlist("normalize")
+    if len(set(map(str, normalize))) > 1:
+        raise HTTPError(400, f"the multipart form gives normalize {len(normalize)} times with different values: "
+                        "send it once")
+    return blobs, normalize[0] if normalize else None

@@ -10,17 +10,14 @@ import threading
 import urllib.error
 import urllib.request
 
-from zoo.cli import Command
+from zoo.cli import Command, add_image_limit_arguments, image_limits
 
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")
 KB, MB = 1024, 1024 * 1024
-# flag, its field of serving.config.Limits (image.*: of its ImageLimits), the bytes in one unit
-# of the flag's value, help; the defaults are the dataclasses' own
+# flag, its field of serving.config.Limits, the bytes in one unit of the flag's value, help; the defaults are
+# the dataclass's own. The image limits are zoo.cli's IMAGE_LIMIT_FLAGS, shared with `ssl-zoo embed`.
 LIMIT_FLAGS = (
     ("--max-images", "max_images", 1, "images per request"),
-    ("--max-pixels", "image.max_pixels", 1, "pixels per image once decoded (large JPEGs decode at a reduced scale)"),
-    ("--max-file-pixels", "image.max_file_pixels", 1, "pixels an image file may declare (decompression-bomb guard)"),
-    ("--max-aspect-ratio", "image.max_aspect_ratio", 1, "longest side / shortest side"),
     ("--max-body-mb", "max_body_bytes", MB, "request body size limit"),
     ("--max-inflight-mb", "max_inflight_bytes", MB, "request bodies one HTTP process holds at once (429 beyond)"),
     ("--body-timeout", "body_timeout", 1, "seconds to receive a request's body"),
@@ -29,6 +26,8 @@ LIMIT_FLAGS = (
     ("--header-timeout", "header_timeout", 1, "seconds a connection has to send a request's headers"),
     ("--keep-alive", "keep_alive", 1, "seconds an idle keep-alive connection stays open"),
     ("--max-connections", "max_connections", 1, "concurrent connections and requests (503 beyond)"),
+    ("--max-client-connections", "max_client_connections", 1, "concurrent connections from one client address "
+     "(503 beyond)"),
 )
 
 
@@ -44,6 +43,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    "`ssl-zoo embed` output indexed by `ssl-zoo index` with this model")
     p.add_argument("--search-k", type=int, default=10, help="neighbours per image on /search without ?k=")
     p.add_argument("--max-search-k", type=int, default=100, help="largest ?k= a /search request may ask")
+    p.add_argument("--absolute-paths", action="store_true", help="/search answers the files' absolute paths on "
+                   "this machine (default: paths relative to the collection's folder)")
     p.add_argument("--max-batch-size", type=int, default=16, help="requests merged into one model call")
     p.add_argument("--batch-timeout", type=float, default=0.05,
                    help="longest wait, in seconds from its first request, to fill a batch")
@@ -55,6 +56,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         shown = default / unit if unit > 1 else default  # in the flag's unit: 32 (MB), not 33554432
         p.add_argument(flag, type=type(default) if unit == 1 else float, help=help_text,
                        default=int(shown) if shown == int(shown) else shown)
+    add_image_limit_arguments(p)
     p.add_argument("--access-log", action="store_true", help="log every request (uvicorn access log)")
     p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--api-key-file", help="require the key in this file (first line) as 'Authorization: Bearer KEY' "
@@ -108,17 +110,17 @@ def _build(args: argparse.Namespace, api_key: str | None) -> tuple:
     from zoo import HashMismatchError
 
     from .api import build_server
-    from .config import ImageLimits, Limits
+    from .config import Limits
 
     values = {field: _limit_value(field, getattr(args, flag[2:].replace("-", "_")) * unit)
               for flag, field, unit, _ in LIMIT_FLAGS}
-    image = ImageLimits(**{f[6:]: v for f, v in values.items() if f.startswith("image.")})
-    limits = Limits(image=image, **{f: v for f, v in values.items() if not f.startswith("image.")})
+    limits = Limits(image=image_limits(args), **values)
     try:
         server = build_server(args.model, backend=args.backend, max_batch_size=args.max_batch_size,
                               batch_timeout=args.batch_timeout, batch_gap=args.batch_gap, workers=args.workers,
                               limits=limits, accelerator=args.accelerator, api_key=api_key, onnx_file=args.onnx_file,
-                              index=args.index, search_k=args.search_k, max_search_k=args.max_search_k)
+                              index=args.index, search_k=args.search_k, max_search_k=args.max_search_k,
+                              absolute_paths=args.absolute_paths)
     except (ValueError, LookupError, OSError, HashMismatchError) as e:  # a bad model source, file or option
         sys.exit(f"ssl-zoo serve: {e}")
     return server, limits

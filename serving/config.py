@@ -5,14 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-
-@dataclass(frozen=True)
-class ImageLimits:
-    """Per-image limits: pixels once decoded, pixels the file declares, and aspect ratio."""
-
-    max_pixels: int = 4096 * 4096
-    max_file_pixels: int = 128 * 1024 * 1024
-    max_aspect_ratio: float = 32.0
+from zoo.imagefile import ImageLimits
 
 
 @dataclass(frozen=True)
@@ -29,6 +22,7 @@ class Limits:
     header_timeout: float = 10.0
     keep_alive: float = 5.0
     max_connections: int = 256
+    max_client_connections: int = 32
 
     def as_dict(self) -> dict[str, Any]:
         """The limits as JSON-ready data (for ``/info``)."""
@@ -42,6 +36,7 @@ class SearchSettings:
     directory: str
     default_k: int = 10
     max_k: int = 100
+    absolute_paths: bool = False  # answer the server's own paths; by default paths relative to the collection
 
     def __post_init__(self) -> None:
         if not 1 <= self.default_k <= self.max_k:

@@ -7,20 +7,29 @@ connection, since every byte restarts the keep-alive timer. Here the bytes befor
 request's headers are counted (over ``max_header_bytes``: 431 and close) and a connection has
 ``header_timeout`` seconds, from its start or from its previous response, to deliver the next
 request's headers (else 408 and close; an idle one is closed silently). The body has its own
-deadline, in the route that reads it (``bodies.request_body``).
+deadline, in the route that reads it (``bodies.request_body``). One client address may hold at most
+``max_client_connections`` connections to an HTTP process: more are answered 503 and closed, so a
+client that opens connections and sends nothing (a few hundred suffice) cannot take every slot of
+uvicorn's ``limit_concurrency`` from the others.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
-def guarded_protocol(max_header_bytes: int, header_timeout: float) -> type[asyncio.Protocol]:
+_OPEN: Counter[str] = Counter()  # connections per client address, in this HTTP process
+
+
+def guarded_protocol(max_header_bytes: int, header_timeout: float,
+                     max_client_connections: int = 32) -> type[asyncio.Protocol]:
     """The protocol class to pass as uvicorn's ``http`` option."""
     return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,),
-                {"max_header_bytes": max_header_bytes, "header_timeout": header_timeout})
+                {"max_header_bytes": max_header_bytes, "header_timeout": header_timeout,
+                 "max_client_connections": max_client_connections})
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -28,17 +37,29 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     max_header_bytes = 64 * 1024
     header_timeout = 10.0
+    max_client_connections = 32
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        """A new connection: its first request's headers are due within ``header_timeout``."""
+        """A new connection: refused when its address holds too many; else its first request's headers are
+        due within ``header_timeout``."""
         super().connection_made(transport)
         self._header_bytes, self._awaiting_headers = 0, True
         self._header_timer: asyncio.TimerHandle | None = None
+        peer = transport.get_extra_info("peername")
+        self._client = peer[0] if isinstance(peer, tuple) else str(peer)
+        _OPEN[self._client] += 1
+        if _OPEN[self._client] > self.max_client_connections:
+            self._reject(503, "Service Unavailable", f"your address holds {self.max_client_connections} connections "
+                         "to this server already: reuse them (keep-alive) or close some")
+            return
         self._arm_header_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """The connection ended: no deadline left to watch."""
+        """The connection ended: no deadline left to watch, one connection less for its address."""
         self._cancel_header_timer()
+        _OPEN[self._client] -= 1
+        if _OPEN[self._client] <= 0:
+            del _OPEN[self._client]
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:

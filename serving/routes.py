@@ -13,6 +13,7 @@ import asyncio
 import base64
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import orjson
@@ -27,6 +28,7 @@ from .decode import decode_image
 from .errors import HTTPError
 from .litserve_compat import LitAPIStatus, LitSpec, ResponseBufferItem
 
+DECODE_THREADS = 2  # per HTTP process: Pillow releases the GIL, so two decodes run at once on 2 cores
 OPENAI_FIELDS = ("input", "model", "encoding_format", "dimensions", "user", "normalize")
 # A stalled body: end the connection. (After a 413 or 429 the rest of the body is read and dropped, so the client
 # can read the answer; closing with unread data would reset the connection and lose it.)
@@ -45,6 +47,7 @@ class ImageEmbeddingSpec(LitSpec):
         self.model, self.limits, self.search_settings, self.created = model, limits, search, int(time.time())
         self.budget = BodyBudget(limits.max_inflight_bytes)  # each forked HTTP process has its own
         self._index_load: asyncio.Task | None = None  # each HTTP process opens the index on first use
+        self._decoders: ThreadPoolExecutor | None = None  # made in each HTTP process, on its first image
         self.add_endpoint("/embed", self.embed, ["POST"])
         self.add_endpoint("/v1/embeddings", self.openai_embeddings, ["POST"])
         self.add_endpoint("/v1/models", self.openai_models, ["GET"])
@@ -77,6 +80,8 @@ class ImageEmbeddingSpec(LitSpec):
         except HTTPError as e:
             return _error(e.status, {"error": str(e)})
         labelled = bool(index.manifest.get("classes"))
+        if not self.search_settings.absolute_paths:  # the server's file system is not the client's business
+            hits = [[{**hit, "path": index.relative(hit["path"])} for hit in image_hits] for image_hits in hits]
         results = [{"neighbors": h, **({"label": vote(h)} if labelled else {})} for h in hits]
         return _json({"model": self.model.name, "k": k, "index": {"rows": len(index), "type": index.info["type"]},
                       "results": results})
@@ -152,8 +157,9 @@ class ImageEmbeddingSpec(LitSpec):
         try:
             return await asyncio.shield(self._index_load)  # the load outlives a request that times out
         except (OSError, ValueError, RuntimeError) as e:  # the files changed since the server checked them
+            self._index_load = None  # the next search tries again: the files may be restored by then
             raise HTTPError(500, f"internal error: the index in {self.search_settings.directory} could not be "
-                               f"opened ({e}); restart the server with a valid --index") from e
+                               f"opened ({e}); restore its files or restart the server with a valid --index") from e
 
     def _check_openai_fields(self, payload: dict) -> str:
         """Refuse a ``model`` other than the one served and a ``dimensions`` other than its own; the encoding."""
@@ -170,14 +176,25 @@ class ImageEmbeddingSpec(LitSpec):
             raise HTTPError(400, f"encoding_format must be \"float\" or \"base64\", got {encoding!r}")
         return encoding
 
-    async def _embed(self, blobs: list[tuple[str, bytes]], normalize: bool, deadline: float) -> np.ndarray:
-        """Decode the images (in a thread) and have a worker embed them, within the request deadline."""
-        images = await asyncio.to_thread(self._decode_all, blobs)
-        return await self._infer(images, normalize, deadline)
+    @property
+    def decoders(self) -> ThreadPoolExecutor:
+        """Decoding's own threads (in this HTTP process): images cannot starve other work of the loop's pool."""
+        if self._decoders is None:
+            self._decoders = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode")
+        return self._decoders
 
-    def _decode_all(self, blobs: list[tuple[str, bytes]]) -> np.ndarray:
-        size = self.model.input_size
-        return np.stack([decode_image(data, size, self.limits.image, name) for name, data in blobs])
+    async def _embed(self, blobs: list[tuple[str, bytes]], normalize: bool, deadline: float) -> np.ndarray:
+        """Decode the images (in this process's decoding threads) and have a worker embed them, all within the
+        request deadline."""
+        loop, size = asyncio.get_running_loop(), self.model.input_size
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                images = await asyncio.gather(*(loop.run_in_executor(self.decoders, decode_image, data, size,
+                                                                     self.limits.image, name) for name, data in blobs))
+        except TimeoutError:
+            raise HTTPError(504, f"the images were not decoded within the request deadline of "
+                                 f"{self.limits.request_timeout:g} s; retry later") from None
+        return await self._infer(np.stack(images), normalize, deadline)
 
     async def _infer(self, images: np.ndarray, normalize: bool, deadline: float) -> np.ndarray:
         uid = uuid.uuid4().hex

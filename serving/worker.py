@@ -53,7 +53,7 @@ class EncoderAPI(LitAPI):
         """Build the model from the files the parent resolved (no download, no second export)."""
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a restarted worker too: the main process stops workers
         self.device = "cpu" if self.backend == "onnx" else device
-        self.encoder = self.resolved.load(self.device)
+        self.encoder = self.resolved.load(self.device, verify=True)  # exactly the bytes the server verified
         self.preprocess = self.encoder.preprocess
         if self.backend == "onnx":
             check_metadata(self.onnx_path, model_metadata(self.resolved.config, self.resolved.provenance,

@@ -100,7 +100,7 @@ def test_bad_files_are_skipped_listed_and_rows_stay_deterministic(model_dir, tmp
         Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)).save(src / name)
     (src / "a/1.jpg").write_text("not an image")
     (src / "b/0.jpg").write_bytes((src / "b/3.jpg").read_bytes()[:200])  # truncated
-    (src / "b/2.png").write_bytes(_png_claiming_size(12_000, 12_000))    # over --max-pixels
+    (src / "b/2.png").write_bytes(_png_claiming_size(12_000, 12_000))    # over --max-file-pixels
     (src / "b/notes.txt").write_text("not listed: not an image extension")
     outs = []
     for run in ("first", "rerun"):
@@ -111,7 +111,7 @@ def test_bad_files_are_skipped_listed_and_rows_stay_deterministic(model_dir, tmp
     failures = [json.loads(line) for line in (outs[0] / "failures.jsonl").read_text().splitlines()]
     # sorted file list: a/0.png a/1.jpg a/2.jpg b/0.jpg b/1.png b/2.png b/3.jpg
     assert [(f["file_index"], Path(f["path"]).name) for f in failures] == [(1, "1.jpg"), (3, "0.jpg"), (5, "2.png")]
-    assert "too large" in failures[2]["reason"] and all(f["reason"] for f in failures)
+    assert "over the limit of" in failures[2]["reason"] and all(f["reason"] for f in failures)
     assert metadata["file_index"].to_pylist() == [0, 2, 4, 6]  # positions in the file list
     assert metadata["row"].to_pylist() == [0, 1, 2, 3]  # indices into the embeddings
     assert metadata["label"].to_pylist() == ["a", "a", "b", "b"]

@@ -168,6 +168,67 @@ def test_a_port_in_use_exits_with_one_line_naming_it(server, model_dir):
     assert str(server.port) in lines[0] and "--port" in lines[0]
 
 
+def test_one_client_address_cannot_take_every_connection(model_dir):
+    s = ServerProcess(model_dir, "--max-client-connections", "4", "--header-timeout", "30")
+    try:
+        idle = [socket.create_connection(("127.0.0.1", s.port), timeout=15) for _ in range(4)]  # hold them, silent
+        extra = socket.create_connection(("127.0.0.1", s.port), timeout=15)
+        answer = _read_all(extra)
+        assert answer.startswith(b"HTTP/1.1 503") and b"holds 4 connections" in answer
+        other = socket.create_connection(("127.0.0.1", s.port), timeout=15, source_address=("127.0.0.2", 0))
+        other.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        assert _read_all(other).startswith(b"HTTP/1.1 200")  # another address is served meanwhile
+        for sock in idle + [extra, other]:
+            sock.close()
+    finally:
+        s.stop()
+
+
+def test_a_restarted_worker_loads_only_the_weights_the_server_verified(model_dir, tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (folder / name).write_bytes((model_dir / name).read_bytes())
+    s = ServerProcess(folder)
+    try:
+        before = httpx.post(f"{s.url}/embed", content=JPEGS[0].read_bytes(), headers={"content-type": "image/jpeg"},
+                            timeout=30).json()["embeddings"]
+        good = (folder / "model.safetensors").read_bytes()
+        torch.manual_seed(1)  # other weights of the same shape, swapped in behind the server's back
+        zoo.Encoder(zoo.EncoderConfig("resnet18_cifar", {"width": 4})).save_pretrained(tmp_path / "other")
+        (folder / "model.safetensors").write_bytes((tmp_path / "other" / "model.safetensors").read_bytes())
+        os.kill(_worker_pid(s), signal.SIGKILL)
+        deadline, answers = time.time() + 45, set()
+        while time.time() < deadline:  # the restarted worker refuses the changed file: never ready, never other weights
+            r = httpx.post(f"{s.url}/embed", content=JPEGS[0].read_bytes(), headers={"content-type": "image/jpeg"},
+                           timeout=30)
+            answers.add(r.status_code)
+            assert r.status_code != 200 or r.json()["embeddings"] == before
+            assert httpx.get(f"{s.url}/health", timeout=5).status_code == 503 or r.status_code == 200
+            time.sleep(1)
+        assert 200 not in answers
+        (folder / "model.safetensors").write_bytes(good)  # restored: the next restart serves again
+        deadline = time.time() + 120
+        while time.time() < deadline and httpx.get(f"{s.url}/health", timeout=5).status_code != 200:
+            time.sleep(0.5)
+        r = httpx.post(f"{s.url}/embed", content=JPEGS[0].read_bytes(), headers={"content-type": "image/jpeg"},
+                       timeout=30)
+        assert r.status_code == 200 and r.json()["embeddings"] == before
+    finally:
+        s.stop()
+
+
+def test_normalize_twice_in_a_form_is_refused_and_a_key_file_gives_its_first_line(server, tmp_path):
+    from serving.auth import read_api_key
+
+    files = [("images", ("a.jpg", JPEGS[0].read_bytes(), "image/jpeg")), ("normalize", (None, "true")),
+             ("normalize", (None, "false"))]  # two form fields of the same name
+    r = httpx.post(f"{server.url}/embed", files=files, timeout=30)
+    assert r.status_code == 400 and "normalize 2 times with different values" in r.json()["error"]
+    (tmp_path / "key").write_text("s3cret\nsecond line, a comment\n")
+    assert read_api_key(file=tmp_path / "key") == "s3cret"
+
+
 def test_ctrl_c_stops_cleanly_and_removes_the_private_ipc_directory(server, tmpdir_of_server):
     ipc = list(tmpdir_of_server.glob("ssl-zoo-ipc-*"))
     assert len(ipc) == 1 and stat.S_IMODE(ipc[0].stat().st_mode) == 0o700

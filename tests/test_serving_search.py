@@ -2,6 +2,8 @@
 (4 CIFAR-10 classes), its ``k`` and body checks, the 404 without an index, and the start-up refusals."""
 
 import asyncio
+import os
+import shutil
 import sys
 
 import httpx
@@ -60,8 +62,11 @@ def _files(paths) -> list:
     return [("images", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
 
 
-def _rows(results: list) -> list:
-    return [[(h["row"], h["path"], h["label"]) for h in r["neighbors"]] for r in results]
+def _rows(results: list, index=None) -> list:
+    """Each result's (row, path, label) hits; ``index``: the library's absolute paths made relative to the
+    collection's folder, as the server answers them."""
+    path = index.relative if index is not None else (lambda p: p)
+    return [[(h["row"], path(h["path"]), h["label"]) for h in r["neighbors"]] for r in results]
 
 
 def test_search_answers_what_neighbor_index_finds_with_the_knn_label(server, index):
@@ -70,7 +75,9 @@ def test_search_answers_what_neighbor_index_finds_with_the_knn_label(server, ind
     got = r.json()
     assert got["k"] == 7 and got["index"] == {"rows": 16, "type": "flat"} and len(got["results"]) == len(JPEGS)
     want = index.search_images(JPEGS, 7)
-    assert _rows(got["results"]) == _rows([{"neighbors": hits} for hits in want])
+    assert _rows(got["results"]) == _rows([{"neighbors": hits} for hits in want], index)
+    assert not any(os.path.isabs(h["path"]) or str(index.root) in h["path"]  # no server paths leak
+                   for r in got["results"] for h in r["neighbors"])
     np.testing.assert_allclose([[h["similarity"] for h in r["neighbors"]] for r in got["results"]],
                                [[h["similarity"] for h in hits] for hits in want], atol=1e-5)
     assert [r["label"] for r in got["results"]] == index.predict(index.embed(JPEGS), 7)
@@ -83,7 +90,7 @@ def test_json_and_raw_bodies_give_the_same_results_with_the_default_k(server, in
                      timeout=60).json()
     want = index.search_images(JPEGS[:2], 5)  # --search-k 5
     assert as_json["k"] == raw["k"] == 5
-    assert _rows(as_json["results"]) == _rows([{"neighbors": hits} for hits in want])
+    assert _rows(as_json["results"]) == _rows([{"neighbors": hits} for hits in want], index)
     assert _rows(raw["results"]) == _rows(as_json["results"][1:])
     query = index.metadata["path"][6].as_py()  # an image of the collection: its nearest row is itself
     hit = httpx.post(f"{server.url}/search?k=1", content=open(query, "rb").read(),
@@ -170,3 +177,19 @@ def test_an_index_gone_since_the_start_is_a_500_saying_to_restart(served, tmp_pa
     with pytest.raises(routes.HTTPError, match="could not be opened.*restart the server") as e:
         asyncio.run(spec._index())
     assert e.value.status == 500
+
+
+def test_a_failed_index_load_is_not_kept_a_restored_index_serves_again(model_dir, collection, tmp_path):
+    copy = tmp_path / "out"
+    shutil.copytree(collection, copy)
+    s = ServerProcess(model_dir, "--index", str(copy))  # checks the index at start, opens it on the first search
+    try:
+        files, path = _files(JPEGS[:1]), copy / "index.faiss"
+        good = path.read_bytes()
+        path.write_bytes(good[:100])  # damaged between start-up and the first search
+        first = httpx.post(f"{s.url}/search", files=files, timeout=60)
+        assert first.status_code == 500 and "restore its files" in first.json()["error"]
+        path.write_bytes(good)
+        assert httpx.post(f"{s.url}/search", files=files, timeout=60).status_code == 200  # tried again, not cached
+    finally:
+        s.stop()

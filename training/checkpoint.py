@@ -19,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 from torch import nn
 
-from zoo.io import atomic_write
+from zoo.io import atomic_write, canonical_safetensors, remove_stale_temps
 
 DIGEST_KEY = "content_sha256"
 
@@ -49,7 +49,8 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.
         for key, value in state.items():
             tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
     meta = {"progress": json.dumps(progress), "param_groups": json.dumps(opt_state["param_groups"])}
-    blob = save(tensors, metadata={**meta, DIGEST_KEY: _content_sha256(tensors, meta)})
+    blob = canonical_safetensors(save(tensors, metadata={**meta, DIGEST_KEY: _content_sha256(tensors, meta)}))
+    remove_stale_temps(path)  # a write killed earlier left its temporary file; this process owns the checkpoint
     atomic_write(path, lambda f: f.write(blob))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -16,7 +17,8 @@ from tqdm.auto import tqdm
 
 import zoo
 from zoo import Encoder, EncoderConfig, ImageArrays, build_encoder, load_cifar10
-from zoo.hub.rundir import CHECKPOINT, METRICS, TRAIN_CONFIG, keep_previous_export, local_flags, public_training_config
+from zoo.hub.rundir import (CHECKPOINT, EXPORT_FILES, METRICS, RESULTS, TRAIN_CONFIG, keep_previous_export,
+                            local_flags, public_training_config)
 from zoo.io import write_json, write_jsonl
 from zoo.eval.probes import evaluate
 
@@ -200,24 +202,32 @@ def _end_epoch(run: Run, epoch: int, loss: float, seconds: float) -> None:
 
 def _finish(run: Run) -> dict[str, Any]:
     """Rank 0: the final probes (model-card protocol) and the export (results.json, then the encoder's
-    model.safetensors and config.json with provenance); an earlier export moves to previous/<n>/."""
+    model.safetensors and config.json with provenance), written complete into a staging folder first; only
+    then does an earlier export move to previous/<n>/ and the new one take its place (renames: a full disk
+    cannot stop them half-way, and until then the run loads as it did)."""
     cfg, env = run.cfg, run.env
     if not env.is_main:
         return {}
-    keep_previous_export(run.out)
+    stage = run.out / ".export"
+    shutil.rmtree(stage, ignore_errors=True)  # a staging folder an interrupted export left
+    stage.mkdir()
     bank = _subset(run.train_set, cfg.final_train_per_class)
     results = evaluate(run.method.encoder, bank, run.test_set, device=env.device)
     results.update({"train_images": len(bank), "test_images": len(run.test_set), "epochs": cfg.epochs,
                     "environment": {"torch": torch.__version__, "device": str(env.device), "seed": cfg.seed,
                                     "processes": env.world_size, "precision": run.precision}})
-    write_json(run.out / "results.json", results)
+    write_json(stage / RESULTS, results)
     provenance = run_provenance(run.history, env.device, env.world_size, read_launches(run.out), run.precision,
                                 sum(run.flops))
     info = {"method": cfg.method, "method_title": run.method.title, "dataset": "cifar10", "epochs": cfg.epochs,
             "results": results, "training": public_training_config(asdict(cfg)), "provenance": provenance,
             "ssl_zoo_version": zoo.__version__}
     encoder = run.method.encoder.to(memory_format=torch.contiguous_format)
-    Encoder(run.encoder_config, encoder).save_pretrained(run.out, info=info)
+    Encoder(run.encoder_config, encoder).save_pretrained(stage, info=info)
+    keep_previous_export(run.out)
+    for name in EXPORT_FILES:  # config.json last: a run with one is finished
+        (stage / name).rename(run.out / name)
+    stage.rmdir()
     print(f"{cfg.method}: k-NN (k=5) {100 * results['knn5']:.2f} %, weighted k-NN (k=200) "
           f"{100 * results['knn200']:.2f} %, linear {100 * results['linear']:.2f} % -> {run.out}", flush=True)
     return results

@@ -11,6 +11,7 @@ import os
 import sys
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from typing import Any
 
 from .eval.protocol import BATCH_NORM_MODES, SOLVERS
 from .io import write_json
@@ -220,9 +221,43 @@ def _publish(args: argparse.Namespace) -> None:
     print(json.dumps(out["registry_entry"], indent=2))
 
 
+# Image limits: flag, field of zoo.imagefile.ImageLimits, the field's units in one unit of the flag, help. The
+# same flags, with the same defaults (the dataclass's), on `ssl-zoo serve`, `embed` and `neighbors`.
+IMAGE_LIMIT_FLAGS = (
+    ("--max-pixels", "max_pixels", 1, "pixels per image once decoded (large JPEGs decode at a reduced scale)"),
+    ("--max-file-pixels", "max_file_pixels", 1, "pixels an image file may declare (decompression-bomb guard)"),
+    ("--max-aspect-ratio", "max_aspect_ratio", 1, "longest side / shortest side"),
+    ("--max-jpeg-scans", "max_jpeg_scans", 1, "scans a JPEG may have (real encoders write at most about 12)"),
+    ("--max-progressive-pixels", "max_progressive_pixels", 1, "pixels of a progressive JPEG (decoding holds all "
+     "of them in memory)"),
+    ("--max-png-chunks", "max_png_chunks", 1, "ancillary chunks (text, profiles) a PNG may have before its image data"),
+    ("--max-file-mb", "max_file_bytes", 1024 * 1024, "size of an image file"),
+)
+
+
+def add_image_limit_arguments(p: argparse.ArgumentParser) -> None:
+    """The image limits' flags, in a group of their own."""
+    from .imagefile import ImageLimits
+
+    group = p.add_argument_group("image limits (a file over one is refused before it is decoded)")
+    defaults = ImageLimits()
+    for flag, field, unit, help_text in IMAGE_LIMIT_FLAGS:
+        default = getattr(defaults, field) / unit if unit > 1 else getattr(defaults, field)
+        group.add_argument(flag, dest=field, type=float if isinstance(default, float) else int, default=default,
+                           help=f"{help_text} (default {default:,})" if isinstance(default, int) else f"{help_text} (default {default:g})")
+
+
+def image_limits(args: argparse.Namespace) -> Any:
+    """The ``ImageLimits`` the image-limit flags of ``args`` give."""
+    from .imagefile import ImageLimits
+
+    return ImageLimits(**{field: type(getattr(ImageLimits(), field))(getattr(args, field) * unit)
+                          for _, field, unit, _ in IMAGE_LIMIT_FLAGS})
+
+
 def add_embed_arguments(p: argparse.ArgumentParser) -> None:
     """``ssl-zoo embed``'s arguments (also ``python -m zoo embed``, what ``torchrun -m zoo embed`` runs)."""
-    from .retrieval import BACKENDS, DEFAULT_SHARD_SIZE, DTYPES, MAX_PIXELS, SPLIT_PREFIX
+    from .retrieval import BACKENDS, DEFAULT_SHARD_SIZE, DTYPES, SPLIT_PREFIX
 
     p.add_argument("source", help=f"a folder of images (recursive; ImageFolder sub-folders give labels), a text file "
                    f"of image paths (one per line) or {SPLIT_PREFIX}train / {SPLIT_PREFIX}test")
@@ -236,9 +271,16 @@ def add_embed_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=BACKENDS, default="torch", help="onnx: ONNX Runtime on the CPU (the graph "
                    "`ssl-zoo export-onnx` and `serve --backend onnx` run)")
     p.add_argument("--device", default="cpu", help="cpu, cuda (under torchrun: cuda:LOCAL_RANK) or auto")
-    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
-                   help="skip (and list in failures.jsonl) images with more pixels (default %(default)s)")
+    p.add_argument("--follow-symlinks", type=_true_false, default=True, metavar="true|false",
+                   help="follow symbolic links in a SOURCE folder (each real folder is walked once; default true)")
+    add_image_limit_arguments(p)
     p.set_defaults(func=_embed)
+
+
+def _true_false(text: str) -> bool:
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() == "true"
 
 
 def _embed(args: argparse.Namespace) -> None:
@@ -251,7 +293,8 @@ def _embed(args: argparse.Namespace) -> None:
     try:
         manifest = embed_collection(args.source, args.model, args.out, shard_size=args.shard_size, dtype=args.dtype,
                                     normalize=args.normalize, batch_size=args.batch_size, workers=args.workers,
-                                    backend=args.backend, device=args.device, max_pixels=args.max_pixels)
+                                    backend=args.backend, device=args.device, limits=image_limits(args),
+                                    follow_symlinks=args.follow_symlinks)
     except KeyboardInterrupt:
         done = len(list((Path(args.out) / PROGRESS).glob("shard-*.json")))
         raise KeyboardInterrupt(f"{done} finished shard(s) are kept in {args.out}; run the same command again to "
@@ -291,6 +334,7 @@ def add_neighbors_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-k", type=int, default=10, help="neighbours per query (default %(default)s)")
     p.add_argument("--nprobe", type=int, help="IVF lists searched per query (default: the index's)")
     p.add_argument("--grid", help="also write a PNG: each query, then its neighbours with labels")
+    add_image_limit_arguments(p)
     p.set_defaults(func=_neighbors)
 
 
@@ -300,11 +344,16 @@ def _neighbors(args: argparse.Namespace) -> None:
     from .retrieval.grid import write_grid
     from .retrieval.index import NeighborIndex, vote
 
+    import numpy as np
+
+    from .imagefile import decode_file
+
     index = NeighborIndex.load(args.index, nprobe=args.nprobe)
     for query in args.queries:
-        if not Path(query).is_file():
+        if not Path(query).exists():
             raise FileNotFoundError(f"query image {query} not found")
-    vectors = index.embed(list(args.queries))
+    size = int(index.manifest["encoder"]["input_size"])
+    vectors = index.embed(np.stack([decode_file(q, size, image_limits(args))[0] for q in args.queries]))
     results = index.search(vectors, args.k)
     for query, hits in zip(args.queries, results):
         label = vote(hits)

@@ -93,6 +93,9 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
 MIN_INPUT_SIZE, MAX_INPUT_SIZE = 8, 1024
 
 
+MIN_STD = 1e-3  # normalisation std below this: pixels in [0, 1] become ~1e3 or more, and 1e-300 makes them inf
+
+
 @dataclass(frozen=True)
 class EncoderConfig:
     """What rebuilds an encoder: architecture name and kwargs, plus its preprocessing.
@@ -128,8 +131,9 @@ class EncoderConfig:
                     or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
                 raise ValueError(f"{name} must be 3 numbers (R, G, B), got {value!r}")
             value = tuple(float(v) for v in value)
-            if not all(math.isfinite(v) for v in value) or (name == "std" and min(value) <= 0):
-                raise ValueError(f"{name} must be 3 finite numbers{' > 0' if name == 'std' else ''}, got {value!r}")
+            if not all(math.isfinite(v) for v in value) or (name == "std" and min(value) < MIN_STD):
+                limit = f" of at least {MIN_STD:g} (a smaller one scales pixels to infinity)" if name == "std" else ""
+                raise ValueError(f"{name} must be 3 finite numbers{limit}, got {value!r}")
             object.__setattr__(self, name, value)
 
     def to_dict(self) -> dict[str, Any]:

@@ -60,3 +60,20 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 def write_jsonl(path: str | os.PathLike, rows: list[Any]) -> None:
     """``atomic_write`` of ``rows`` as JSON lines."""
     write_bytes(path, "".join(json.dumps(row) + "\n" for row in rows).encode())
+
+
+def remove_stale_temps(path: str | os.PathLike) -> None:
+    """Delete the temporary siblings a killed ``atomic_write`` of ``path`` left behind (only the file's owner
+    may call this: a writer still at work would lose its temporary file)."""
+    path = Path(path)
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def canonical_safetensors(blob: bytes) -> bytes:
+    """Safetensors bytes with their JSON header's keys sorted: the same tensors and metadata give the same bytes
+    (the library writes its metadata map in an order that varies between processes, so a sha256 would not pin)."""
+    size = int.from_bytes(blob[:8], "little")
+    header = json.dumps(json.loads(blob[8:8 + size]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the data starts 8-byte aligned, as the format pads it
+    return len(header).to_bytes(8, "little") + header + blob[8 + size:]

@@ -17,12 +17,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors.torch import load, load_file, save
 from torch import nn
 
 from . import __version__
 from .encoders import EncoderConfig, build_encoder
-from .io import CONFIG_NAME, WEIGHTS_NAME, write_bytes, write_json
+from .io import CONFIG_NAME, WEIGHTS_NAME, canonical_safetensors, write_bytes, write_json
 from .transforms import Preprocess, images_to_array
 
 
@@ -79,7 +79,7 @@ class Encoder(nn.Module):
         info = self.info if info is None else info
         metadata = {"format": "pt", "architecture": self.config.architecture, "ssl_zoo_version": __version__,
                     **{k: str(info[k]) for k in ("method", "dataset", "epochs") if k in info}}
-        write_bytes(directory / WEIGHTS_NAME, save(tensors, metadata=metadata))
+        write_bytes(directory / WEIGHTS_NAME, canonical_safetensors(save(tensors, metadata=metadata)))
         write_json(directory / CONFIG_NAME, {"encoder": self.config.to_dict(), **info})
         return directory
 
@@ -102,6 +102,21 @@ class Encoder(nn.Module):
             state = load_file(path, device=str(device))
         except (SafetensorError, OSError) as e:
             raise ValueError(f"{path} is not a readable safetensors file ({e}); download or copy it again") from e
+        return cls._from_state(state, path, config, info, device)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, config: EncoderConfig, info: dict[str, Any] | None = None,
+                   device: str | torch.device = "cpu", name: str = WEIGHTS_NAME) -> Encoder:
+        """``from_weights`` of a weights file's bytes, already read (and verified by the caller)."""
+        try:
+            state = load(data)
+        except (SafetensorError, ValueError) as e:
+            raise ValueError(f"{name} is not a readable safetensors file ({e}); download or copy it again") from e
+        return cls._from_state({k: v.to(device) for k, v in state.items()}, Path(name), config, info, device)
+
+    @classmethod
+    def _from_state(cls, state: dict[str, torch.Tensor], path: Path, config: EncoderConfig,
+                    info: dict[str, Any] | None, device: str | torch.device) -> Encoder:
         with torch.device("meta"):  # no random init: every tensor comes from the file
             encoder = cls(config, info=info)
         _check_state(encoder.backbone, state, path, config)
@@ -118,6 +133,8 @@ def read_config(directory: str | os.PathLike) -> tuple[EncoderConfig, dict[str, 
         info = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON ({e})") from e
+    except RecursionError:
+        raise ValueError(f"{path} is nested too deeply to be an encoder config") from None
     if not isinstance(info, dict) or not isinstance(info.get("encoder"), dict):
         raise ValueError(f"{path} must be a JSON object with an 'encoder' object (architecture, kwargs, input_size, "
                          f"mean, std); got {type(info).__name__}")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
-import math
 import os
 from typing import Any
 
@@ -16,6 +14,7 @@ from torchvision.transforms.v2 import functional as F
 
 from .data import to_float_nchw
 from .encoders import EncoderConfig
+from .imagefile import image_to_array
 
 
 class Preprocess:
@@ -85,46 +84,6 @@ def create_transform(model: Any) -> Any:
     if cfg["mean"] is not None:
         steps.append(T.Normalize(cfg["mean"], cfg["std"]))
     return T.Compose(steps)
-
-
-def image_to_array(image: Image.Image | str | os.PathLike | bytes, size: int) -> np.ndarray:
-    """One image (PIL image, path or encoded bytes) -> RGB uint8 ``(size, size, 3)``.
-
-    Any mode is converted to RGB (16- and 32-bit integer images are scaled to 8 bits). Other sizes
-    get the short side resized to ``size`` and a center crop, as ``Preprocess`` does, with work
-    bounded by the output: a JPEG is decoded at a reduced scale (Pillow's ``draft``) and only the
-    central square is resampled, so a 1 x 1,000,000 strip costs no more than a small image.
-    """
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        image = io.BytesIO(bytes(image))
-    if isinstance(image, (str, os.PathLike, io.IOBase)):
-        with Image.open(image) as im:
-            return image_to_array(im, size)
-    if not isinstance(image, Image.Image):
-        raise TypeError(f"cannot read an image from {type(image).__name__}; pass a path, bytes, a PIL image, "
-                        "a uint8 (H, W, 3) array or a float (3, H, W) tensor")
-    draft_for(image, size)
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
-        scale16 = 257.0 if image.mode.startswith("I;16") or np.asarray(image).max() > 255 else 1.0
-        image = Image.fromarray((np.asarray(image, dtype=np.float32) / scale16).clip(0, 255).astype(np.uint8))
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    if image.size != (size, size):
-        width, height = image.size
-        short = min(width, height)
-        left, top = (width - short) / 2, (height - short) / 2
-        image = image.resize((size, size), Image.BILINEAR, box=(left, top, left + short, top + short))
-    return np.asarray(image)
-
-
-def draft_for(image: Image.Image, size: int) -> None:
-    """Have Pillow decode a JPEG at the smallest scale whose short side is still at least ``size`` (its
-    ``draft``: DCT scaling, 1/2 to 1/8), so a 20-megapixel photo decodes to well under a megapixel; other
-    formats, and JPEGs already that small, are left as they are."""
-    short = min(image.size)
-    if image.format in ("JPEG", "MPO") and short > size:  # MPO: the JPEG variant cameras write
-        scale = size / short
-        image.draft("RGB", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
 
 
 ARRAY_RULE = ("an image array or tensor is (H, W, 3), (3, H, W) or grayscale (H, W); a batch is (N, H, W, 3) or "

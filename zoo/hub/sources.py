@@ -10,6 +10,7 @@ An ambiguous spelling raises and says how to disambiguate; nothing is guessed.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 from ..encoders import EncoderConfig
 from ..io import WEIGHTS_NAME
 from ..model import Encoder, read_config
-from .download import Digests, download, verify
+from .download import Digests, HashMismatchError, download, verify
 from .registry import resolve
 
 HUB_PREFIX, LOCAL_PREFIX = "hf-hub:", "local-dir:"
@@ -81,13 +82,22 @@ class Resolved:
     build_seed: int | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
-    def load(self, device: str | torch.device = "cpu") -> Encoder:
-        """Build the encoder (strict, validated), in eval mode on ``device``."""
+    def load(self, device: str | torch.device = "cpu", verify: bool = False) -> Encoder:
+        """Build the encoder (strict, validated), in eval mode on ``device``. With ``verify`` (a server's
+        worker, built long after ``fetch``), the weights are read once, refused unless their sha256 is the
+        one ``fetch`` recorded, and built from exactly those bytes."""
         if self.folder is None:
             with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
                 torch.manual_seed(self.build_seed)
                 encoder = Encoder(self.config, info=self.info)
             encoder = encoder.to(device).eval()
+        elif verify:
+            path = self.folder / WEIGHTS_NAME
+            data = path.read_bytes()
+            if hashlib.sha256(data).hexdigest() != self.provenance["sha256"]:
+                raise HashMismatchError(f"{path} changed since it was verified (sha256 {self.provenance['sha256']}): "
+                                        "refusing to load other weights; restore the file or restart with the model")
+            encoder = Encoder.from_bytes(data, self.config, self.info, device, str(path))
         else:  # config.json was read by fetch: only the weights are read here
             encoder = Encoder.from_weights(self.folder / WEIGHTS_NAME, self.config, self.info, device)
         encoder.info.update(self.provenance)
@@ -138,8 +148,12 @@ def fetch(source: str | os.PathLike, *, revision: str | None = None, token: str 
     return _from_folder(entry.bundled_dir, {**provenance, "source": f"bundled:{entry.spec['bundled']}"}, digests)
 
 
+PROVENANCE_KEYS = ("name", "source", "repo_id", "revision", "sha256")  # set by how a model was loaded, never by its file
+
+
 def _from_folder(folder: Path, provenance: dict[str, Any], digests: Digests) -> Resolved:
     config, info = read_config(folder)
+    info = {k: v for k, v in info.items() if k not in PROVENANCE_KEYS}
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} not found: a model folder holds config.json and {WEIGHTS_NAME}")

@@ -15,7 +15,6 @@ DEFAULT_SHARD_SIZE = 10_000
 DTYPES = ("float32", "float16")
 BACKENDS = ("torch", "onnx")
 SPLIT_PREFIX = "cifar10:"  # cifar10:train, cifar10:test
-MAX_PIXELS = 89_478_485  # Pillow's decompression-bomb threshold (Image.MAX_IMAGE_PIXELS)
 # Measured in benchmarks/results/index.md on 2 CPU cores, 512-d: one exact query takes 24 ms at 50,000 rows
 # and grows linearly (72 ms at 200,000, 160 ms at 500,000); IVF-Flat (nlist 894, nprobe 32) answers in
 # 0.35 ms with recall@10 0.96 against exact.

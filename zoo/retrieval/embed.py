@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..model import Encoder
-from . import BACKENDS, DEFAULT_SHARD_SIZE, MAX_PIXELS
+from ..imagefile import ImageLimits
+from . import BACKENDS, DEFAULT_SHARD_SIZE
 from . import DTYPES as DTYPE_NAMES
 from ..torchrun import join_process_group
 from .images import DecodeDataset, ImageList, collate, die_with_parent, list_images
@@ -64,11 +65,12 @@ def _provenance(encoder: Encoder) -> dict[str, Any]:
 def embed_collection(source: str | os.PathLike, model: str | os.PathLike | Encoder, out: str | os.PathLike, *,
                      shard_size: int = DEFAULT_SHARD_SIZE, dtype: str = "float32", normalize: bool = False,
                      batch_size: int = 256, workers: int | None = None, backend: str = "torch",
-                     device: str = "cpu", max_pixels: int = MAX_PIXELS,
+                     device: str = "cpu", limits: ImageLimits = ImageLimits(), follow_symlinks: bool = True,
                      progress: bool | None = None) -> dict[str, Any] | None:
     """Embed every image of ``source`` (see ``list_images``) with ``model`` (an ``Encoder`` or a
     ``zoo.load`` source) into shards under ``out``; resume a killed run; under torchrun, split the
-    shards over ranks. Returns the manifest (on rank 0; ``None`` on other ranks).
+    shards over ranks. Returns the manifest (on rank 0; ``None`` on other ranks). Each file is decoded
+    within ``limits`` (the server's, by default) or listed in ``failures.jsonl`` with its reason.
 
     ``progress``: ``None`` shows a tqdm bar on a terminal and a line per shard otherwise; ``False``: silent.
     """
@@ -77,12 +79,12 @@ def embed_collection(source: str | os.PathLike, model: str | os.PathLike | Encod
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
     for name, value, low in (("shard_size", shard_size, 1), ("batch_size", batch_size, 1),
-                             ("max_pixels", max_pixels, 1), ("workers", 0 if workers is None else workers, 0)):
+                             ("workers", 0 if workers is None else workers, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     if backend == "onnx" and device != "cpu":
         raise ValueError("--backend onnx runs on the CPU: drop --device or use --backend torch")
-    images = list_images(source)
+    images = list_images(source, follow_symlinks)
     rank, world, started = join_process_group(BARRIER_TIMEOUT)
     try:
         if device == "auto":
@@ -103,11 +105,11 @@ def embed_collection(source: str | os.PathLike, model: str | os.PathLike | Encod
         pending = [i for i in range(rank, n_shards, world) if not finished(out, i)]  # shard i on rank i % world
         if pending:
             _embed_shards(images, encoder, _forward(encoder, backend, device), out, pending, manifest,
-                          device=device, batch_size=batch_size, workers=workers, max_pixels=max_pixels,
+                          device=device, batch_size=batch_size, workers=workers, limits=limits,
                           progress=progress, rank=rank, world=world, n_shards=n_shards)
         if world > 1:
             dist.barrier()
-        return write_manifest(out, manifest, n_shards) if rank == 0 else None
+        return write_manifest(out, manifest, n_shards, list(images.skipped)) if rank == 0 else None
     finally:
         if started:
             dist.destroy_process_group()
@@ -129,13 +131,13 @@ def _manifest_head(encoder: Encoder, source: str | os.PathLike, images: ImageLis
 
 def _embed_shards(images: ImageList, encoder: Encoder, forward: Callable[[torch.Tensor], torch.Tensor], out: Path,
                   pending: list[int], manifest: dict, *, device: str, batch_size: int, workers: int | None,
-                  max_pixels: int, progress: bool | None, rank: int, world: int, n_shards: int) -> None:
+                  limits: ImageLimits, progress: bool | None, rank: int, world: int, n_shards: int) -> None:
     """Decode (DataLoader workers) and embed (this process) the ``pending`` shards, writing each when complete."""
     shard_size, n = manifest["shard_size"], len(images.paths)
     spans = [range(i * shard_size, min((i + 1) * shard_size, n)) for i in pending]
     batches = [list(span[j:j + batch_size]) for span in spans for j in range(0, len(span), batch_size)]
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
-    loader = DataLoader(DecodeDataset(images.paths, encoder.config.input_size, max_pixels), batch_sampler=batches,
+    loader = DataLoader(DecodeDataset(images.paths, encoder.config.input_size, limits), batch_sampler=batches,
                         num_workers=workers, collate_fn=collate, pin_memory=device.startswith("cuda"),
                         worker_init_fn=partial(die_with_parent, os.getpid()))
     total = sum(len(span) for span in spans)

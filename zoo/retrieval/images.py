@@ -7,17 +7,15 @@ import hashlib
 import os
 import signal
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ..data import CIFAR10_CLASSES, CIFAR10_COUNTS, DatasetError, cifar10_root
-from ..transforms import image_to_array
+from ..imagefile import ImageLimits, ImageRejected, decode_file
 from . import SPLIT_PREFIX, require
 
 
@@ -29,6 +27,7 @@ class ImageList:
     labels: list[str] | None = None
     kind: str = "list"
     classes: tuple[str, ...] | None = None
+    skipped: tuple[dict[str, str], ...] = ()  # {"path", "reason"} of files left out of the list
 
     def digest(self) -> str:
         """sha256 of the ordered paths and labels: what a resumed run must find unchanged."""
@@ -38,37 +37,66 @@ class ImageList:
         return h.hexdigest()
 
 
-def list_images(source: str | os.PathLike) -> ImageList:
+def list_images(source: str | os.PathLike, follow_symlinks: bool = True) -> ImageList:
     """The files of ``source``: a folder of images (recursive, sorted; labelled by first-level
     sub-folder when every image has one, as in an ImageFolder), a text file of paths (one per line,
-    relative ones taken from the list's folder; kept in the list's order) or ``cifar10:train|test``."""
+    relative ones taken from the list's folder; kept in the list's order) or ``cifar10:train|test``.
+
+    A folder is walked safely: each real folder once (a symlink back into the tree is a loop, not more
+    files), symbolic links not at all when ``follow_symlinks`` is false, and a file whose name is not
+    UTF-8 is left out of the list and reported in ``skipped``. Whether a listed file is a regular file is
+    checked when it is read (``zoo.imagefile.decode_file``): a FIFO is refused there, never opened."""
     text = os.fspath(source)
     if text.startswith(SPLIT_PREFIX):
         return _cifar10_split(text[len(SPLIT_PREFIX):])
     path = Path(text).expanduser()
     if path.is_dir():
-        return _folder(path)
+        return _folder(path, follow_symlinks=follow_symlinks)
     if path.is_file():
         return _text_list(path)
     raise FileNotFoundError(f"SOURCE {text!r} not found: give a folder of images, a text file of image paths "
                             f"(one per line) or a built-in split ({SPLIT_PREFIX}train, {SPLIT_PREFIX}test)")
 
 
-def _folder(root: Path, kind: str = "folder") -> ImageList:
+def _folder(root: Path, kind: str = "folder", follow_symlinks: bool = True) -> ImageList:
     root = Path(os.path.abspath(root))
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    found, skipped, walked = [], [], set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=follow_symlinks):
+        real = os.stat(dirpath)
+        if (real.st_dev, real.st_ino) in walked:  # reached again through a link: a loop or a second name
+            dirnames[:] = []
+            continue
+        walked.add((real.st_dev, real.st_ino))
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         parts = Path(dirpath).relative_to(root).parts
-        found += [(*parts, f) for f in filenames if not f.startswith(".") and f.lower().endswith(IMG_EXTENSIONS)]
+        for name in filenames:
+            if name.startswith(".") or not name.lower().endswith(IMG_EXTENSIONS):
+                continue
+            full = os.path.join(dirpath, name)
+            if not follow_symlinks and os.path.islink(full):
+                continue
+            if not _utf8(full):
+                skipped.append({"path": os.fsencode(full).decode("utf-8", "backslashreplace"),
+                                "reason": "the file name is not valid UTF-8: rename it"})
+                continue
+            found.append((*parts, name))
     if not found:
         raise DatasetError(f"no image files ({', '.join(IMG_EXTENSIONS)}) under {root}")
     found.sort()  # by path components, so images sort by class first, as in ImageFolder
     paths = [str(root.joinpath(*parts)) for parts in found]
     if not all(len(parts) > 1 for parts in found):
-        return ImageList(paths, kind=kind)
+        return ImageList(paths, kind=kind, skipped=tuple(skipped))
     labels = [parts[0] for parts in found]
-    return ImageList(paths, labels, kind, tuple(sorted(set(labels))))
+    return ImageList(paths, labels, kind, tuple(sorted(set(labels))), tuple(skipped))
+
+
+def _utf8(path: str) -> bool:
+    """Whether ``path`` (as os.walk gives it, undecodable bytes as surrogates) is valid UTF-8 text."""
+    try:
+        path.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _text_list(path: Path) -> ImageList:
@@ -99,16 +127,17 @@ def _cifar10_split(split: str) -> ImageList:
 
 
 class DecodeDataset(Dataset):
-    """Item ``i`` -> ``(i, uint8 (S, S, 3) image or None, width, height, failure reason or None)``.
+    """Item ``i`` -> ``(i, uint8 (S, S, 3) image or None, width, height, failure reason or None)``, each file
+    decoded within ``limits`` (``zoo.imagefile.decode_file``: the server's limits and formats).
 
     Paths live in one pyarrow array: DataLoader workers forked from this process would otherwise
     copy a list of Python strings page by page as they touch its refcounts (pytorch#13246).
     """
 
-    def __init__(self, paths: list[str], size: int, max_pixels: int) -> None:
+    def __init__(self, paths: list[str], size: int, limits: ImageLimits) -> None:
         pa = require("pyarrow")
         self.paths = pa.array(paths, pa.string())
-        self.size, self.max_pixels = size, max_pixels
+        self.size, self.limits = size, limits
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -116,16 +145,10 @@ class DecodeDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, int, int, str | None]:
         path = self.paths[i].as_py()
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # max_pixels decides below
-                with Image.open(path) as im:
-                    width, height = im.size
-                    if width * height > self.max_pixels:
-                        return i, None, width, height, (f"too large: {width} x {height} pixels, over the "
-                                                        f"--max-pixels limit of {self.max_pixels}")
-                    return i, image_to_array(im, self.size), width, height, None
-        except Exception as e:  # any decoder error (OSError, SyntaxError, ...) fails the file, not the run
-            return i, None, 0, 0, f"{type(e).__name__}: {e}"
+            array, (width, height) = decode_file(path, self.size, self.limits)
+            return i, array, width, height, None
+        except (ImageRejected, OSError) as e:  # the file fails, not the run
+            return i, None, 0, 0, str(e) if isinstance(e, ImageRejected) else f"{type(e).__name__}: {e}"
 
 
 def die_with_parent(parent: int, worker_id: int) -> None:

@@ -10,6 +10,7 @@ written beside the shards.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -33,10 +34,11 @@ TRAIN_POINTS_PER_LIST = 64  # k-means sample size per IVF list (faiss warns belo
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:
-    """float32 copy with L2-normalised rows (faiss.normalize_L2 works in place, on float32 only)."""
-    x = np.array(vectors, dtype=np.float32, order="C", copy=True)
-    require("faiss").normalize_L2(x)
-    return x
+    """float32 copy with L2-normalised rows, normalised in float64 (a float32 norm of 1e38 overflows); zero rows
+    stay zero."""
+    x = np.asarray(vectors, dtype=np.float64)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(x / np.where(norms > 0, norms, 1), dtype=np.float32)
 
 
 def default_nlist(rows: int) -> int:
@@ -75,12 +77,26 @@ def build_index(directory: str | os.PathLike, *, kind: str = "auto", nlist: int 
         index.train(_training_sample(directory, manifest, min(rows, TRAIN_POINTS_PER_LIST * nlist), seed))
         index.nprobe = nprobe
         info |= {"nlist": nlist, "nprobe": nprobe}
+    start = 0
     for embeddings, _ in iter_shards(directory, manifest):
+        _check_finite(embeddings, f"row {start} onwards of {directory}", start)
         index.add(_unit(embeddings))
-    atomic_write(directory / INDEX_FILE, lambda f: f.write(faiss.serialize_index(index).tobytes()))
-    info |= {"manifest_sha256": sha256_file(directory / MANIFEST), "faiss": faiss.__version__}
+        start += len(embeddings)
+    data = faiss.serialize_index(index).tobytes()
+    atomic_write(directory / INDEX_FILE, lambda f: f.write(data))
+    info |= {"manifest_sha256": sha256_file(directory / MANIFEST), "index_sha256": hashlib.sha256(data).hexdigest(),
+             "faiss": faiss.__version__}
     write_json(directory / INDEX_INFO, info)
     return info
+
+
+def _check_finite(vectors: np.ndarray, what: str, first_row: int = 0) -> None:
+    """Refuse vectors holding NaN or infinity (a flat index would store them and never return them)."""
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if bad.any():
+        rows = (np.flatnonzero(bad)[:5] + first_row).tolist()
+        raise ValueError(f"{what}: {int(bad.sum())} vector(s) hold NaN or infinity (rows {rows}); re-embed those "
+                         "images, or fix the vectors")
 
 
 def _training_sample(directory: Path, manifest: dict, size: int, seed: int) -> np.ndarray:
@@ -120,10 +136,19 @@ class NeighborIndex:
         except FileNotFoundError:
             raise FileNotFoundError(f"{directory / INDEX_INFO} not found: run `ssl-zoo index {directory}` "
                                     "first") from None
+        except (ValueError, RecursionError):
+            info = None
+        if not isinstance(info, dict) or not info.get("index_sha256"):
+            raise ValueError(f"{directory / INDEX_INFO} is not an index description this version wrote (no "
+                             f"checksum of {INDEX_FILE}): run `ssl-zoo index {directory}` again")
         if info.get("manifest_sha256") != sha256_file(directory / MANIFEST):
             raise ValueError(f"the index in {directory} was built from another manifest (the embeddings changed): "
                              f"run `ssl-zoo index {directory}` again")
-        index = faiss.read_index(str(directory / INDEX_FILE))
+        data = (directory / INDEX_FILE).read_bytes()
+        if hashlib.sha256(data).hexdigest() != info["index_sha256"]:  # checked before faiss reads a byte of it
+            raise ValueError(f"{directory / INDEX_FILE} does not match the checksum in {INDEX_INFO}: it was changed "
+                             f"or damaged; run `ssl-zoo index {directory}` again")
+        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
         if nprobe is not None:
             if info["type"] != "ivf" or not 1 <= nprobe <= info["nlist"]:
                 raise ValueError(f"nprobe applies to an IVF index, 1..nlist ({info.get('nlist')}); this index is "
@@ -138,6 +163,16 @@ class NeighborIndex:
 
     def __len__(self) -> int:
         return self.index.ntotal
+
+    @cached_property
+    def root(self) -> str:
+        """The folder every row's file lies under (their common path): what paths are shown relative to."""
+        paths = self.metadata["path"].to_pylist()
+        return os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0])
+
+    def relative(self, path: str) -> str:
+        """``path`` relative to the collection's ``root``."""
+        return os.path.relpath(path, self.root)
 
     @cached_property
     def encoder(self) -> Encoder:
@@ -177,6 +212,9 @@ class NeighborIndex:
         if queries.ndim != 2 or queries.shape[1] != self.index.d:
             raise ValueError(f"query vectors must be (N, {self.index.d}) or ({self.index.d},), got {queries.shape}: "
                              f"embed queries with the collection's model ({self.manifest['model'].get('spec')})")
+        _check_finite(queries, "the query")
+        if not (np.linalg.norm(queries.astype(np.float64), axis=1) > 0).all():
+            raise ValueError("a query vector is all zeros: it has no direction to compare by cosine")
         similarities, ids = self.index.search(_unit(queries), k)
         found = ids >= 0  # an IVF search may return fewer than k
         hits = iter(self.metadata.take(ids[found]).to_pylist())

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..io import atomic_write, sha256_file, write_json, write_jsonl
+from ..io import atomic_write, remove_stale_temps, sha256_file, write_json, write_jsonl
 from . import require
 
 if TYPE_CHECKING:
@@ -43,9 +43,10 @@ def _record_path(out: Path, shard: int) -> Path:
 
 def _read_record(out: Path, shard: int) -> dict | None:
     try:
-        return json.loads(_record_path(out, shard).read_text())
-    except (OSError, ValueError):
+        record = json.loads(_record_path(out, shard).read_text())
+    except (OSError, ValueError, RecursionError):
         return None  # absent, or cut short by a crash: the shard is redone
+    return record if isinstance(record, dict) else None  # not a record: redone too
 
 
 def _verified(out: Path, record: dict) -> bool:
@@ -66,8 +67,9 @@ def check_same_run(out: Path, settings_sha: str, n_shards: int) -> None:
     """Refuse to mix shards of another run (other model, settings or files) into ``out``."""
     try:
         found = [json.loads((out / MANIFEST).read_text())]
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         found = []  # none yet (an unreadable one is rewritten at the end)
+    found = [m for m in found if isinstance(m, dict)]  # not a manifest: rewritten at the end too
     found += [r for r in (_read_record(out, i) for i in range(n_shards)) if r is not None]
     for record in found:
         if record.get("settings_sha256") != settings_sha:
@@ -75,18 +77,12 @@ def check_same_run(out: Path, settings_sha: str, n_shards: int) -> None:
                              "give another --out, or delete that folder to start over")
 
 
-def _remove_stale_temps(out: Path, names: list[str]) -> None:
-    """Delete temp files a killed ``atomic_write`` of these names left behind (only their owner rank calls this)."""
-    for name in names:
-        for tmp in Path(out / name).parent.glob(f".{Path(name).name}.*.tmp"):
-            tmp.unlink(missing_ok=True)
-
-
 def write_shard(out: Path, shard: int, settings_sha: str, feats: list[np.ndarray], dim: int, dtype: np.dtype,
                  meta: dict[str, list], failures: list[dict]) -> dict:
     """Write a shard's embeddings and metadata, then its record (the commit point), each atomically."""
     names = {k: shard_name(k, shard) for k in ("embeddings", "metadata")}
-    _remove_stale_temps(out, [*names.values(), f"{PROGRESS}/{_record_path(out, shard).name}"])
+    for name in [*names.values(), f"{PROGRESS}/{_record_path(out, shard).name}"]:  # only this shard's rank does
+        remove_stale_temps(out / name)
     embeddings = np.concatenate(feats) if feats else np.zeros((0, dim), dtype)
     atomic_write(out / names["embeddings"], lambda f: np.save(f, embeddings))
     pa, pq = require("pyarrow"), require("pyarrow.parquet")
@@ -100,13 +96,14 @@ def write_shard(out: Path, shard: int, settings_sha: str, feats: list[np.ndarray
     return record
 
 
-def write_manifest(out: Path, manifest: dict, n_shards: int) -> dict[str, Any]:
-    """Rank 0, after every rank is done: write ``failures.jsonl`` and ``manifest.json`` from the records."""
+def write_manifest(out: Path, manifest: dict, n_shards: int, skipped: list[dict] = ()) -> dict[str, Any]:
+    """Rank 0, after every rank is done: write ``failures.jsonl`` (the files left out of the list, then
+    each shard's failures) and ``manifest.json`` from the records."""
     records = [_read_record(out, i) for i in range(n_shards)]
     if missing := [i for i, r in enumerate(records) if r is None or not _verified(out, r)]:
         raise RuntimeError(f"shards {missing[:10]} of {out} are missing or corrupt after the run; run it again to "
                            "redo them")
-    failures = [f for r in records for f in r["failures"]]
+    failures = [{"file_index": None, **s} for s in skipped] + [f for r in records for f in r["failures"]]
     write_jsonl(out / FAILURES, failures)
     manifest = {**manifest, "rows": sum(r["rows"] for r in records), "failures": len(failures),
                 "shards": [{"index": r["shard"], "rows": r["rows"], "failures": len(r["failures"]),
@@ -122,8 +119,12 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {directory} is not a finished `ssl-zoo embed` output (run or "
                                 "resume `ssl-zoo embed ... --out` to complete it)")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") not in (FORMAT, FORMAT_1):
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"{path} is not valid JSON ({type(e).__name__}): rerun `ssl-zoo embed` with the same "
+                         "arguments to write it again") from None
+    if not isinstance(manifest, dict) or manifest.get("format") not in (FORMAT, FORMAT_1):
         raise ValueError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT!r}")
     return manifest
 
