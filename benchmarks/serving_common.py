@@ -33,18 +33,20 @@ def jpegs(n: int) -> list[bytes]:
     return [f.read_bytes() for f in files]
 
 
-def start_server(path: Path, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
-    """``ssl-zoo serve`` on a free loopback port, in its own process group; returns once /health answers 200."""
+def start_server(models: Path | str | list, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """``ssl-zoo serve`` of one model or a list on a free loopback port, in its own process group; returns once
+    /ready answers 200."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen(["ssl-zoo", "serve", str(path), "--port", str(port), *args],
+    names = [str(m) for m in (models if isinstance(models, list) else [models])]
+    proc = subprocess.Popen(["ssl-zoo", "serve", *names, "--port", str(port), *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                             env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:
-            if httpx.get(f"{url}/health", timeout=1).text == "ok":
+            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
                 return proc, url
         except httpx.HTTPError:
             pass
@@ -54,8 +56,8 @@ def start_server(path: Path, *args: str, env: dict | None = None) -> tuple[subpr
 
 
 def stop_server(proc: subprocess.Popen) -> None:
-    """SIGTERM to the server's process group (as systemd stops a service), then wait for it."""
-    os.killpg(proc.pid, 15)
+    """SIGINT to the server's process group (Ctrl-C: no SIGTERM drain), then wait for it."""
+    os.killpg(proc.pid, 2)
     proc.wait(timeout=60)
 
 
@@ -167,3 +169,19 @@ async def run_raw_load(url: str, clients: int, requests: list[bytes], dim: int) 
     lat = np.array(latencies) * 1000
     return {"requests/s": len(requests) / seconds, "p50 ms": float(np.percentile(lat, 50)),
             "p99 ms": float(np.percentile(lat, 99)), "problems": problems}
+
+
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    """``GET /metrics`` (the server runs with --metrics-public) as {(sample name, sorted labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def delta(after: dict, before: dict, name: str, **labels: str) -> float:
+    """How much the samples ``name`` with ``labels`` (summed over other labels) grew between two scrapes."""
+    def total(samples: dict) -> float:
+        return sum(v for (n, found), v in samples.items() if n == name and labels.items() <= dict(found).items())
+    return total(after) - total(before)

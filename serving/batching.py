@@ -1,10 +1,11 @@
-"""A LitServe batching loop that starts a batch as soon as requests stop arriving.
+"""A LitServe batching loop that never makes a lone request wait.
 
 LitServe's own loop always waits ``batch_timeout`` for a batch to fill, so a timeout long enough to
-gather a burst of 16 requests adds that wait to every lone request. This loop takes a request, then
-keeps taking more while the next one arrives within ``gap`` seconds, until the batch is full or
-``batch_timeout`` has passed since the first: a lone request waits ``gap``, a burst fills the batch.
-At ``max_batch_size`` 1 each request is a batch of its own, started without waiting.
+gather a burst of 16 requests adds that wait to every lone request. This loop takes a request and starts
+its batch at once when nothing else is waiting: a lone client pays nothing for batching. When others are
+already queued (the model was busy), it takes them all, then keeps taking more while the next one arrives
+within ``gap`` seconds, until the batch is full or ``batch_timeout`` has passed since the first: under load
+the batch fills from the queue that built up while the model ran the previous one.
 
 Requests that waited in the queue longer than the request timeout are dropped unanswered: the HTTP
 process, whose deadline started earlier, has already answered them 504. (LitServe's loop answers them
@@ -18,6 +19,7 @@ import time
 from queue import Empty, Queue
 
 from .litserve_compat import SENTINEL, BatchedLoop, LitAPI, MessageTransport, StopLoop
+from .metrics import metrics
 
 
 class GapBatchingLoop(BatchedLoop):
@@ -50,8 +52,13 @@ class GapBatchingLoop(BatchedLoop):
             if item == SENTINEL:
                 raise StopLoop()
             response_queue_id, uid, timestamp, payload = item
+            waited = time.monotonic() - timestamp  # CLOCK_MONOTONIC: one clock for every process on the machine
+            metrics().queue_wait.observe(waited)
+            if lit_api.request_timeout not in (-1, False) and waited > lit_api.request_timeout:
+                continue  # answered 504 already
+            payloads.append((response_queue_id, uid, payload))
             if deadline is None:
+                if request_queue.empty():  # nothing else is waiting: no reason to make this one wait
+                    break
                 deadline = time.monotonic() + lit_api.batch_timeout
-            if lit_api.request_timeout in (-1, False) or time.monotonic() - timestamp <= lit_api.request_timeout:
-                payloads.append((response_queue_id, uid, payload))
         return payloads, []

@@ -7,6 +7,8 @@ from typing import Any
 
 from zoo.imagefile import ImageLimits
 
+from .errors import HTTPError
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -37,6 +39,7 @@ class SearchSettings:
     default_k: int = 10
     max_k: int = 100
     absolute_paths: bool = False  # answer the server's own paths; by default paths relative to the collection
+    model: str | None = None  # the served model that embedded the collection (/search embeds with it)
 
     def __post_init__(self) -> None:
         if not 1 <= self.default_k <= self.max_k:
@@ -67,6 +70,25 @@ class ServedModel:
                 **{k: self.provenance.get(k) for k in ("source", "repo_id", "revision", "sha256")},
                 "preprocessing": {"input_size": self.input_size, "mean": self.mean, "std": self.std,
                                   "resize": "short side to input size, then center crop"}}
+
+
+class ServedModels(tuple):
+    """The models a server serves, the first the default; each request selects one by any of its aliases."""
+
+    def select(self, name: object) -> ServedModel:
+        """The model ``name`` names (None: the first); a 404 listing the served models otherwise."""
+        if name is None:
+            return self[0]
+        match = next((m for m in self if isinstance(name, str) and m.accepts(name)), None)
+        if match is None:
+            served = "; ".join(" = ".join(m.aliases) for m in self)
+            raise HTTPError(404, f"model {name!r} is not served here; this server serves: {served} (any of these "
+                            "names; a request without one gets the first)")
+        return match
+
+    def position(self, model: ServedModel) -> int:
+        """The model's position: what a queue item names it by."""
+        return self.index(model)
 
 
 def model_aliases(spec: str, provenance: dict[str, Any]) -> tuple[str, ...]:

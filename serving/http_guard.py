@@ -20,7 +20,6 @@ from collections import Counter
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-
 _OPEN: Counter[str] = Counter()  # connections per client address, in this HTTP process
 
 

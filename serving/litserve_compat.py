@@ -19,6 +19,10 @@ batched loop that ``batching.GapBatchingLoop`` extends. What its public API does
    route hands a request to the workers and waits for its answer (what LitServe's OpenAISpec does).
 5. ``LitSpec`` and ``BatchedLoop``: the base classes of this server's routes and batching loop, which
    LitServe exports only from its sub-modules.
+6. ``any_worker_ready``: the workers' start-up states (``workers_setup_status``, shared through the
+   multiprocessing manager), so a route can answer 503 at once while no worker can take a request.
+7. ``EmbeddingLitServer._register_internal_endpoints`` drops LitServe's ``GET /`` ("litserve running"),
+   registered before the routes' own, so that ``/`` is this server's page.
 
 The transport itself is this project's (``ipc_transport``): the server is given it, the compat layer
 only installs it.
@@ -37,7 +41,12 @@ from litserve.loops import BatchedLoop
 from litserve.loops.base import _SENTINEL_VALUE, _StopLoopError
 from litserve.specs.base import LitSpec
 from litserve.transport.base import MessageTransport
-from litserve.utils import LitAPIStatus, LoopResponseType, ResponseBufferItem
+from litserve.utils import (
+    LitAPIStatus,
+    LoopResponseType,
+    ResponseBufferItem,
+    WorkerSetupStatus,
+)
 
 SUPPORTED_VERSION = "0.2.19"
 if ls.__version__ != SUPPORTED_VERSION:
@@ -49,7 +58,7 @@ SENTINEL = _SENTINEL_VALUE
 StopLoop = _StopLoopError
 
 __all__ = ["SENTINEL", "BatchedLoop", "EmbeddingLitServer", "LitAPI", "LitAPIStatus", "LitSpec", "LoopResponseType",
-           "MessageTransport", "ResponseBufferItem", "StopLoop", "request_shutdown"]
+           "MessageTransport", "ResponseBufferItem", "StopLoop", "any_worker_ready", "request_shutdown"]
 
 
 class EmbeddingLitServer(ls.LitServer):
@@ -68,6 +77,11 @@ class EmbeddingLitServer(ls.LitServer):
         with _ignoring(signal.SIGINT):
             return super().launch_inference_worker(lit_api)
 
+    def _register_internal_endpoints(self) -> None:
+        """LitServe's own routes (/ready, /info, shutdown) without its ``GET /`` (item 7 above)."""
+        super()._register_internal_endpoints()
+        self.app.router.routes[:] = [r for r in self.app.router.routes if getattr(r, "path", None) != "/"]
+
     def verify_worker_status(self) -> None:
         """Wait for a worker to be ready; if one failed, remove the transport's directory before LitServe raises."""
         try:
@@ -82,6 +96,11 @@ class EmbeddingLitServer(ls.LitServer):
             manager = super()._init_manager(num_api_servers)  # also builds an unused multiprocessing transport
         self._transport = self._make_transport()
         return manager
+
+
+def any_worker_ready(server: ls.LitServer) -> bool:
+    """Whether at least one inference worker has finished its set-up and not died since (item 6 above)."""
+    return any(state == WorkerSetupStatus.READY for state in server.workers_setup_status.values())
 
 
 def request_shutdown(server: ls.LitServer) -> None:

@@ -35,13 +35,15 @@ SMALL_LIMITS = ImageLimits(max_pixels=400_000)
 
 
 class ServerProcess:
-    """``ssl-zoo serve`` in its own process group; its output is collected; ready once it prints its ready line."""
+    """``ssl-zoo serve`` of one model (or a list) in its own process group; its output is collected; ready once it
+    prints its ready line."""
 
     def __init__(self, model_dir, *args: str, env: dict | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.out, self.err = [], []
-        self.proc = subprocess.Popen(["ssl-zoo", "serve", str(model_dir), "--port", str(self.port), *args],
+        models = [str(m) for m in (model_dir if isinstance(model_dir, list) else [model_dir])]
+        self.proc = subprocess.Popen(["ssl-zoo", "serve", *models, "--port", str(self.port), *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      start_new_session=True, env={**os.environ, **(env or {})})
         for stream, lines in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
@@ -54,8 +56,9 @@ class ServerProcess:
             time.sleep(0.1)
         self.ready_line = next(line for line in self.out if "ready:" in line)
 
-    def stop(self, signum: int = signal.SIGTERM, group: bool = False) -> int:
-        """Send ``signum`` (to the whole group: as Ctrl-C does) and wait; then no process of the group survives."""
+    def stop(self, signum: int = signal.SIGINT, group: bool = False) -> int:
+        """Send ``signum`` (to the whole group: as Ctrl-C does; SIGTERM would drain first) and wait; then no
+        process of the group survives."""
         try:
             os.killpg(self.proc.pid, signum) if group else self.proc.send_signal(signum)
             return self.proc.wait(timeout=60)

@@ -14,7 +14,7 @@ import pytest
 from fastapi import HTTPException
 
 from serving.batching import GapBatchingLoop
-from serving.ipc_transport import IpcTransport, HTTPError
+from serving.ipc_transport import HTTPError, IpcTransport
 from serving.litserve_compat import SENTINEL, LitAPIStatus, LoopResponseType, StopLoop
 
 
@@ -43,12 +43,12 @@ def _collect(loop, api, queue):
     return [p[2]["i"] for p in batch], timed_out, time.monotonic() - start
 
 
-def test_a_lone_request_waits_only_the_gap():
+def test_a_lone_request_starts_at_once():
     queue = Queue()
     queue.put(_item(0))
-    got, _, seconds = _collect(GapBatchingLoop(gap=0.05), _api(batch_timeout=5.0), queue)
+    got, _, seconds = _collect(GapBatchingLoop(gap=0.5), _api(batch_timeout=5.0), queue)
     assert got == [0]
-    assert 0.05 <= seconds < 1.0  # the gap, far less than the 5 s timeout
+    assert seconds < 0.25  # neither the gap nor the timeout
 
 
 def test_a_burst_fills_the_batch_and_leaves_the_rest_queued():
@@ -62,7 +62,8 @@ def test_a_burst_fills_the_batch_and_leaves_the_rest_queued():
 
 def test_requests_closer_than_the_gap_join_until_the_timeout():
     queue = Queue()
-    feeder = _feed(queue, [_item(i) for i in range(40)], every=0.02)
+    queue.put(_item(0))  # a request already waiting behind the first: the batch gathers
+    feeder = _feed(queue, [_item(i) for i in range(1, 40)], every=0.02)
     got, _, seconds = _collect(GapBatchingLoop(gap=0.2), _api(max_batch_size=64, batch_timeout=0.3), queue)
     feeder.join()
     assert 5 <= len(got) < 40 and got == list(range(len(got)))  # stopped by the timeout, in arrival order
@@ -71,10 +72,13 @@ def test_requests_closer_than_the_gap_join_until_the_timeout():
 
 def test_a_quiet_gap_ends_the_batch():
     queue = Queue()
-    feeder = _feed(queue, [_item(0), _item(1), _item(2)], every=0.3)
+    queue.put(_item(0))
+    queue.put(_item(1))
+    late = threading.Timer(0.3, queue.put, [_item(2)])
+    late.start()
     got, _, _ = _collect(GapBatchingLoop(gap=0.1), _api(batch_timeout=5.0), queue)
-    feeder.join()
-    assert got == [0]
+    late.join()
+    assert got == [0, 1]
 
 
 def test_an_idle_queue_gives_an_empty_batch_and_shutdown_stops_the_loop():

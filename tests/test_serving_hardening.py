@@ -74,7 +74,8 @@ def _worker_pid(server) -> int:
 def test_the_ready_line_names_the_model_and_every_endpoint(server, model_dir):
     line = server.ready_line
     assert str(model_dir) in line and "32-d" in line and "backend torch" in line
-    for route in ("POST {}/embed", "POST {}/v1/embeddings", "GET {}/v1/models", "GET {}/health", "GET {}/info"):
+    for route in ("POST {}/embed", "POST {}/v1/embeddings", "GET {}/v1/models", "GET {}/health", "GET {}/ready",
+                  "GET {}/metrics", "GET {}/info"):
         assert route.format(server.url) in line, route
     assert not any("Uvicorn running" in line for line in server.out + server.err)
 
@@ -145,12 +146,13 @@ def test_a_paused_worker_gives_504_and_the_server_recovers(server):
     assert _embed_ok(server)
 
 
-def test_a_killed_worker_is_restarted_and_health_says_so_meanwhile(server):
+def test_a_killed_worker_is_restarted_and_ready_says_so_meanwhile(server):
     os.kill(_worker_pid(server), signal.SIGKILL)
     seen = []
     deadline = time.time() + 120
     while time.time() < deadline and not (503 in seen and seen[-1] == 200):
-        status = httpx.get(f"{server.url}/health", timeout=5).status_code
+        status = httpx.get(f"{server.url}/ready", timeout=5).status_code
+        assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200  # alive all along
         if not seen or seen[-1] != status:
             seen.append(status)
         time.sleep(0.1)
@@ -201,15 +203,16 @@ def test_a_restarted_worker_loads_only_the_weights_the_server_verified(model_dir
         deadline, answers = time.time() + 45, set()
         while time.time() < deadline:  # the restarted worker refuses the changed file: never ready, never other weights
             r = httpx.post(f"{s.url}/embed", content=JPEGS[0].read_bytes(), headers={"content-type": "image/jpeg"},
-                           timeout=30)
+                           timeout=60)  # the server's own deadline is 30 s
             answers.add(r.status_code)
             assert r.status_code != 200 or r.json()["embeddings"] == before
-            assert httpx.get(f"{s.url}/health", timeout=5).status_code == 503 or r.status_code == 200
+            assert httpx.get(f"{s.url}/ready", timeout=5).status_code == 503 or r.status_code == 200
             time.sleep(1)
+        assert 503 in answers  # refused at once, not after the deadline
         assert 200 not in answers
         (folder / "model.safetensors").write_bytes(good)  # restored: the next restart serves again
         deadline = time.time() + 120
-        while time.time() < deadline and httpx.get(f"{s.url}/health", timeout=5).status_code != 200:
+        while time.time() < deadline and httpx.get(f"{s.url}/ready", timeout=5).status_code != 200:
             time.sleep(0.5)
         r = httpx.post(f"{s.url}/embed", content=JPEGS[0].read_bytes(), headers={"content-type": "image/jpeg"},
                        timeout=30)

@@ -10,14 +10,14 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from conftest import CIFAR10_JPEG, needs_cifar10, tiny_model_dir
 from starlette.testclient import TestClient
+from test_serving import JPEGS, ServerProcess, _b64, free_port
 
 import zoo
-from conftest import CIFAR10_JPEG, needs_cifar10, tiny_model_dir
 from serving import routes
 from serving.api import build_server, served_model
 from serving.config import Limits, SearchSettings
-from test_serving import JPEGS, ServerProcess, _b64, free_port
 from zoo.cli import main as cli_main
 from zoo.retrieval.embed import embed_collection
 from zoo.retrieval.index import NeighborIndex, build_index
@@ -125,18 +125,25 @@ def test_bad_requests_get_the_same_4xx_as_on_embed(server):
     assert httpx.post(f"{server.url}/search", files=one, timeout=60).status_code == 200
 
 
-def test_info_and_the_ready_line_show_the_index(server, collection):
+def test_info_and_the_ready_line_show_the_index(server, collection, model_dir):
     info = httpx.get(f"{server.url}/info").json()["model"]["index"]
     assert info == {"directory": str(collection.resolve()), "rows": 16, "type": "flat", "labels": True, "k": 5,
-                    "max_k": MAX_K}
+                    "max_k": MAX_K, "model": str(model_dir)}
     assert f"POST {server.url}/search" in server.ready_line
 
 
 def test_without_an_index_search_is_a_404_saying_how_to_start_one(model_dir):
     server = build_server(str(model_dir))
     assert server.model_metadata["index"] is None
-    r = TestClient(server.app).post("/search", files=_files(JPEGS[:1]))
+    client = TestClient(server.app)
+    r = client.post("/search", files=_files(JPEGS[:1]))
     assert r.status_code == 404 and "--index DIR" in r.json()["error"]
+    for route in ("/map", "/collection?row=0"):  # the page's collection views too
+        assert client.get(route).status_code == 404 and "--index DIR" in client.get(route).json()["error"]
+    page = client.get("/")  # the page compares two images instead
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html") and "compare" in page.text
+    r = client.post("/match", files=_files(JPEGS[:2]))
+    assert r.status_code == 200 and len(r.json()["query"]) == 4 and -1 <= r.json()["similarity"] <= 1
 
 
 def test_an_index_of_another_model_or_without_faiss_is_refused_at_start(model_dir, collection, tmp_path,
@@ -179,17 +186,34 @@ def test_an_index_gone_since_the_start_is_a_500_saying_to_restart(served, tmp_pa
     assert e.value.status == 500
 
 
-def test_a_failed_index_load_is_not_kept_a_restored_index_serves_again(model_dir, collection, tmp_path):
+def test_a_failed_index_load_is_not_kept_a_restored_index_serves_again(served, collection, tmp_path):
     copy = tmp_path / "out"
     shutil.copytree(collection, copy)
-    s = ServerProcess(model_dir, "--index", str(copy))  # checks the index at start, opens it on the first search
-    try:
-        files, path = _files(JPEGS[:1]), copy / "index.faiss"
-        good = path.read_bytes()
-        path.write_bytes(good[:100])  # damaged between start-up and the first search
-        first = httpx.post(f"{s.url}/search", files=files, timeout=60)
-        assert first.status_code == 500 and "restore its files" in first.json()["error"]
+    path = copy / "index.faiss"
+    good = path.read_bytes()
+    path.write_bytes(good[:100])  # damaged between the server's start-up check and an HTTP process opening it
+    spec = routes.ImageEmbeddingSpec(served, Limits(), SearchSettings(str(copy)))
+
+    async def open_twice():
+        with pytest.raises(routes.HTTPError, match="restore its files") as failed:
+            await spec._index()
         path.write_bytes(good)
-        assert httpx.post(f"{s.url}/search", files=files, timeout=60).status_code == 200  # tried again, not cached
-    finally:
-        s.stop()
+        return failed.value.status, await spec._index()  # tried again, not the failure kept
+
+    status, index = asyncio.run(open_twice())
+    assert status == 500 and len(index) == 16
+
+
+def test_metrics_record_each_querys_top1_similarity_for_drift(server, model_dir):
+    from test_serving_ops import _scrape
+
+    def top1(samples, suffix):
+        return sum(v for labels, v in samples.get(f"ssl_zoo_search_top1_similarity_{suffix}", [])
+                   if labels["model"] == str(model_dir))
+
+    before = _scrape(server.url, headers={})
+    r = httpx.post(f"{server.url}/search", files=_files(JPEGS[:3]), timeout=60)
+    after = _scrape(server.url, headers={})
+    nearest = [result["neighbors"][0]["similarity"] for result in r.json()["results"]]
+    assert top1(after, "count") - top1(before, "count") == 3
+    assert top1(after, "sum") - top1(before, "sum") == pytest.approx(sum(nearest), abs=1e-5)

@@ -1,5 +1,5 @@
 """``python -m zoo COMMAND ...`` (also ``torchrun -m zoo embed ...``): zoo's own commands (list, probe,
-baseline, publish, embed, index, neighbors), from a checkout on ``PYTHONPATH`` alone, without the
+baseline, publish, card, compare, embed, index, neighbors), from a checkout on ``PYTHONPATH`` alone, without the
 installed ``ssl-zoo`` console script and its entry points."""
 
 import argparse

@@ -204,6 +204,8 @@ def add_publish_arguments(p: argparse.ArgumentParser) -> None:
                        "pin them in zoo/registry.json, after re-probing the encoder (a maintainer's step)")
     p.add_argument("--private", action="store_true", help="with --repo: create the repo private")
     p.add_argument("--force", action="store_true", help="with --bundle: replace a tag whose weights score higher")
+    p.add_argument("--no-figures", dest="figures", action="store_false", help="leave out the card's figures "
+                   "(drawing them embeds all of CIFAR-10: minutes on a CPU)")
     p.set_defaults(func=_publish)
 
 
@@ -211,14 +213,115 @@ def _publish(args: argparse.Namespace) -> None:
     from .hub.publish import bundle, publish
 
     if args.bundle:
-        entry = bundle(args.run_dir, args.bundle, force=args.force)
+        entry = bundle(args.run_dir, args.bundle, force=args.force, figures=args.figures)
         print(f"{args.bundle}: bundled in zoo/pretrained/{args.bundle}, registry tag updated "
               f"(weighted k-NN {100 * entry['results']['knn200']:.2f} %)")
         return
-    out = publish(args.run_dir, args.repo, private=args.private)
+    out = publish(args.run_dir, args.repo, private=args.private, figures=args.figures)
     print(f"commit {out['commit']}  {out['url']}")
     print("registry entry for zoo/registry.json (name it, e.g. \"<method>-cifar10\"):")
     print(json.dumps(out["registry_entry"], indent=2))
+
+
+def add_card_arguments(p: argparse.ArgumentParser) -> None:
+    """``ssl-zoo card``'s arguments."""
+    p.add_argument("model", help="registry name[.tag] of a bundled model, or a model folder (./dir or local-dir:dir)")
+    p.add_argument("--out", help="folder for README.md and the figures (default: the model's own folder; "
+                   "config.json and the weights are never written)")
+    p.add_argument("--data", help="CIFAR-10 root (default: $SSL_ZOO_DATA, ../shared copy, or download)")
+    p.set_defaults(func=_card)
+
+
+def _card(args: argparse.Namespace) -> None:
+    from .hub.publish import write_card
+
+    written = write_card(args.model, args.out, data=args.data)
+    print(f"card and figures -> {written[-1].parent}: {', '.join(path.name for path in written)}")
+
+
+def add_compare_arguments(p: argparse.ArgumentParser) -> None:
+    """``ssl-zoo compare``'s arguments."""
+    p.add_argument("models", nargs="+", metavar="MODEL", help="registry name[.tag], hf-hub:owner/name[@revision] "
+                   "or a model folder")
+    p.add_argument("--out", default="compare.png", help="the figure: embedding maps and per-class accuracy side by "
+                   "side (default %(default)s)")
+    p.add_argument("--data", help="CIFAR-10 root (default: $SSL_ZOO_DATA, ../shared copy, or download)")
+    p.set_defaults(func=_compare)
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from . import load
+    from .data import CIFAR10_CLASSES
+    from .eval.figures import CardData, compare_figure, writable_folder
+    from .io import write_bytes
+
+    out = Path(args.out)
+    if out.is_dir():
+        raise IsADirectoryError(f"--out {out} is a folder: give the figure's file name, e.g. {out / 'compare.png'}")
+    writable_folder(out.parent)
+    encoders = {}
+    for model in args.models:  # every name is checked before minutes of work
+        encoder = load(model)
+        encoders[encoder.info.get("name", model)] = encoder
+    summaries = {name: CardData(encoder, data=args.data).summary for name, encoder in encoders.items()}
+    print(_compare_table({name: _listed(encoder) for name, encoder in encoders.items()}, summaries, CIFAR10_CLASSES))
+    write_bytes(out, compare_figure(summaries, CIFAR10_CLASSES))
+    print(f"figure -> {out}")
+
+
+def _listed(encoder: Any) -> dict[str, Any]:
+    """A model's numbers as listed: a registry tag's (``ssl-zoo list``), else its own config.json's."""
+    from .hub.registry import list_models
+
+    if "name" in encoder.info:
+        return list_models(encoder.info["name"], details=True)[0]
+    results = encoder.info.get("results") or {}
+    return {"results": results, "protocol": results.get("protocol", {}), "epochs": encoder.info.get("epochs"),
+            "compute": encoder.info.get("provenance", {}).get("compute")}
+
+
+def _compare_table(listed: dict[str, dict], summaries: dict[str, dict], classes: tuple[str, ...]) -> str:
+    """Models side by side: listed accuracies, per-class accuracy, epochs and compute, then the protocol."""
+    rows = _compare_rows(listed, summaries, classes)
+    widths = [max(len(row[0]) for row in rows)] + [max(len(row[1][i]) for row in rows) for i in range(len(listed))]
+    lines = ["  ".join([label.ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(cells, widths[1:])]).rstrip()
+             for label, cells in rows]
+    return "\n".join(lines + _protocol_lines(listed))
+
+
+def _compare_rows(listed: dict[str, dict], summaries: dict[str, dict],
+                  classes: tuple[str, ...]) -> list[tuple[str, list[str]]]:
+    """The table's rows: a label and one cell per model."""
+    from .eval.figures import PROBE_LABELS
+
+    def pct(x: float | None) -> str:
+        return f"{100 * x:.2f} %" if x is not None else "-"
+
+    labels = {"knn5": "k-NN (k=5)", **PROBE_LABELS}
+    rows = [("CIFAR-10 test accuracy", list(listed))]
+    rows += [(labels[key], [pct(m["results"].get(key)) for m in listed.values()]) for key in PROBE_KEYS]
+    rows.append(("per class: weighted k-NN / linear", [""] * len(listed)))
+    rows += [(f"  {name}", [f"{100 * s['knn200'][c]:.1f} / {100 * s['linear'][c]:.1f}" for s in summaries.values()])
+             for c, name in enumerate(classes)]
+    rows.append(("epochs", ["-" if m["epochs"] is None else str(m["epochs"]) for m in listed.values()]))
+    rows.append(("training compute", [_compute_text(m["compute"]) for m in listed.values()]))
+    return rows
+
+
+def _protocol_lines(listed: dict[str, dict]) -> list[str]:
+    """Each probe's protocol, once per distinct protocol among the models, and how per-class accuracy was had."""
+    from .hub.publish import describe_protocol
+
+    lines = ["Protocol (numbers as listed by `ssl-zoo list`):"]
+    for key in PROBE_KEYS:
+        protocols = [m["protocol"][key] for m in listed.values() if key in m["protocol"]]
+        lines += sorted({f"  {describe_protocol(key, p)}; bank {p.get('train_images', '-')} / test "
+                         f"{p.get('test_images', '-')} images, BatchNorm {p.get('batch_norm', '-')}" for p in protocols})
+    lines.append("  per class: the weighted k-NN and the linear probe above, run by `ssl-zoo compare` on the full "
+                 "splits (cached in $SSL_ZOO_CACHE/figures)")
+    return lines
 
 
 # Image limits: flag, field of zoo.imagefile.ImageLimits, the field's units in one unit of the flag, help. The
@@ -228,8 +331,8 @@ IMAGE_LIMIT_FLAGS = (
     ("--max-file-pixels", "max_file_pixels", 1, "pixels an image file may declare (decompression-bomb guard)"),
     ("--max-aspect-ratio", "max_aspect_ratio", 1, "longest side / shortest side"),
     ("--max-jpeg-scans", "max_jpeg_scans", 1, "scans a JPEG may have (real encoders write at most about 12)"),
-    ("--max-progressive-pixels", "max_progressive_pixels", 1, "pixels of a progressive JPEG (decoding holds all "
-     "of them in memory)"),
+    ("--max-progressive-pixels", "max_progressive_pixels", 1, ("pixels of a progressive JPEG (decoding holds all "
+                                                               "of them in memory)")),
     ("--max-png-chunks", "max_png_chunks", 1, "ancillary chunks (text, profiles) a PNG may have before its image data"),
     ("--max-file-mb", "max_file_bytes", 1024 * 1024, "size of an image file"),
 )
@@ -341,12 +444,11 @@ def add_neighbors_arguments(p: argparse.ArgumentParser) -> None:
 def _neighbors(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from .retrieval.grid import write_grid
-    from .retrieval.index import NeighborIndex, vote
-
     import numpy as np
 
     from .imagefile import decode_file
+    from .retrieval.grid import write_grid
+    from .retrieval.index import NeighborIndex, vote
 
     index = NeighborIndex.load(args.index, nprobe=args.nprobe)
     for query in args.queries:
@@ -378,4 +480,8 @@ COMMANDS = {
                      "zoo.cli:add_index_arguments"),
     "neighbors": Command("the nearest images of an indexed collection to query images",
                          "zoo.cli:add_neighbors_arguments"),
+    "card": Command("re-render a model's card with its figures (nearest neighbours, embedding map, per-class "
+                    "accuracy, feature-map matches)", "zoo.cli:add_card_arguments"),
+    "compare": Command("models side by side: their listed numbers, per-class accuracy and compute in one table, "
+                       "embedding maps and per-class accuracy in one figure", "zoo.cli:add_compare_arguments"),
 }

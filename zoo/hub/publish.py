@@ -5,26 +5,39 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import httpx2
 import torch
-from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, get_token
+from huggingface_hub import (
+    CommitOperationAdd,
+    EvalResult,
+    HfApi,
+    ModelCard,
+    ModelCardData,
+    get_token,
+)
 from huggingface_hub.errors import HfHubHTTPError
 
-from ..io import CONFIG_NAME, WEIGHTS_NAME, sha256_file, write_json
+from ..eval.figures import FIGURES, card_figures, writable_folder
+from ..io import CONFIG_NAME, WEIGHTS_NAME, sha256_file, write_bytes, write_json
 from ..model import Encoder, read_config
 from . import registry
 from .download import endpoint
-from .rundir import PROVENANCE_FILES, TRAIN_CONFIG, public_training_config
+from .rundir import CURVES, PROVENANCE_FILES, TRAIN_CONFIG, public_training_config
+from .sources import HUB_PREFIX, Resolved, fetch, load
 
 TEMPLATE = resources.files("model_cards") / "template.md"
 PROBE_NAMES = {"knn5": "k-NN accuracy (k=5)", "knn200": "weighted k-NN accuracy (k=200)", "linear": "linear probe accuracy"}
 CHECK_PER_CLASS = (500, 100)  # train / test images per class of a bundled tag's quick re-check
+ADDED_SECTION = re.compile(r"<!-- ssl-zoo:([\w-]+) -->.*?<!-- /ssl-zoo:\1 -->", re.DOTALL)  # kept by write_card
+
 
 
 def _run_info(run_dir: Path) -> dict[str, Any]:
@@ -52,9 +65,11 @@ def describe_protocol(name: str, protocol: dict[str, Any]) -> str:
     return f"{PROBE_NAMES.get(name, name)}: " + ", ".join(parts)
 
 
-def render_card(run_dir: str | os.PathLike, repo_id: str, load_name: str | None = None) -> ModelCard:
+def render_card(run_dir: str | os.PathLike, repo_id: str, load_name: str | None = None,
+                figures: Iterable[str] = ()) -> ModelCard:
     """The model card (README.md) for a run, from ``model_cards/template.md``; ``load_name``: what the
-    card tells users to load (default ``hf-hub:REPO_ID``)."""
+    card tells users to load (default ``hf-hub:REPO_ID``); ``figures``: the file names of the figures
+    (``zoo.eval.figures.FIGURES``) that lie beside the card, which it shows."""
     run_dir = Path(run_dir)
     info = _run_info(run_dir)
     config, _ = read_config(run_dir)
@@ -76,13 +91,15 @@ def render_card(run_dir: str | os.PathLike, repo_id: str, load_name: str | None 
         load_name=load_name or f"hf-hub:{repo_id}", method=method, method_title=info.get("method_title", method), epochs=info["epochs"], results=results,
         probes=probes, training=training, training_json=json.dumps(training, indent=2), config=config,
         feature_dim=feature_dim, provenance=info.get("provenance", {}),
-        has_curves=(run_dir / "curves.png").is_file())
+        has_curves=(run_dir / CURVES).is_file(), figures=list(figures))
 
 
-def publish(run_dir: str | os.PathLike, repo_id: str, *, private: bool = False, token: str | None = None) -> dict[str, Any]:
+def publish(run_dir: str | os.PathLike, repo_id: str, *, private: bool = False, token: str | None = None,
+            figures: bool = False) -> dict[str, Any]:
     """Create ``repo_id`` if needed and upload weights, config, card and provenance (training config,
-    metrics, results, curves) in ONE commit; an unchanged run makes no new commit. ``private=True``
-    refuses an existing public repo. Returns the commit and the registry tag entry to add."""
+    metrics, results, curves; with ``figures``, the card's figures too) in ONE commit; an unchanged run
+    makes no new commit. ``private=True`` refuses an existing public repo. Returns the commit and the
+    registry tag entry to add."""
     run_dir = Path(run_dir)
     info = _run_info(run_dir)
     token = token or get_token()
@@ -90,6 +107,7 @@ def publish(run_dir: str | os.PathLike, repo_id: str, *, private: bool = False, 
         raise PermissionError("no Hugging Face token: set HF_TOKEN or run `hf auth login` before publishing "
                               "(nothing was uploaded)")
     api = HfApi(token=token)
+    files = repo_files(run_dir, repo_id, figures=figures)
     try:
         if api.repo_exists(repo_id):
             if private and not api.model_info(repo_id).private:
@@ -98,7 +116,7 @@ def publish(run_dir: str | os.PathLike, repo_id: str, *, private: bool = False, 
                                       "(nothing was uploaded)")
         else:
             api.create_repo(repo_id, private=private)
-        operations = [CommitOperationAdd(name, data) for name, data in repo_files(run_dir, repo_id).items()]
+        operations = [CommitOperationAdd(name, data) for name, data in files.items()]
         commit = api.create_commit(repo_id, operations, commit_message=f"Publish {info['method']} encoder "
                                    f"({info['epochs']} epochs)")
     except PermissionError:
@@ -112,13 +130,17 @@ def publish(run_dir: str | os.PathLike, repo_id: str, *, private: bool = False, 
     return {"commit": commit.oid, "url": commit.commit_url, "registry_entry": entry}
 
 
-def repo_files(run_dir: str | os.PathLike, repo_id: str, load_name: str | None = None) -> dict[str, Path | bytes]:
-    """Every file of the run's model repo by name: weights, config, provenance files, the card."""
+def repo_files(run_dir: str | os.PathLike, repo_id: str, load_name: str | None = None, *,
+               figures: bool = False) -> dict[str, Path | bytes]:
+    """Every file of the run's model repo by name: weights, config, provenance files, with ``figures`` the
+    card's figures (drawn here, minutes on a CPU), and the card."""
     run_dir = Path(run_dir)
     _run_info(run_dir)
     files: dict[str, Path | bytes] = {name: run_dir / name for name in (WEIGHTS_NAME, CONFIG_NAME)}
     files |= {name: _public_file(run_dir, name) for name in PROVENANCE_FILES if (run_dir / name).is_file()}
-    files["README.md"] = str(render_card(run_dir, repo_id, load_name)).encode()
+    if figures:
+        files |= card_figures(load(run_dir.resolve()), repo_id.split("/")[-1])
+    files["README.md"] = str(render_card(run_dir, repo_id, load_name, figures=[f for f in FIGURES if f in files])).encode()
     return files
 
 
@@ -132,10 +154,10 @@ def registry_entry(run_dir: str | os.PathLike) -> dict[str, Any]:
             "protocol": info["results"].get("protocol", {}), "compute": info.get("provenance", {}).get("compute")}
 
 
-def bundle(run_dir: str | os.PathLike, name_tag: str, *, force: bool = False) -> dict[str, Any]:
-    """Ship a run with the package as registry tag ``NAME.TAG``: the files ``publish`` would upload go to
-    ``zoo/pretrained/NAME.TAG/`` and the tag in the registry (``registry_file()``) points at them,
-    pinned by sha256, with a re-check on a reduced bank (``_reprobe``).
+def bundle(run_dir: str | os.PathLike, name_tag: str, *, force: bool = False, figures: bool = False) -> dict[str, Any]:
+    """Ship a run with the package as registry tag ``NAME.TAG``: the files ``publish`` would upload (with
+    ``figures``, the card's figures too) go to ``zoo/pretrained/NAME.TAG/`` and the tag in the registry
+    (``registry_file()``) points at them, pinned by sha256, with a re-check on a reduced bank (``_reprobe``).
     A tag that already has weights with a higher weighted k-NN is kept unless ``force``."""
     name, _, tag = name_tag.partition(".")
     registry_path = registry.registry_file()
@@ -157,7 +179,7 @@ def bundle(run_dir: str | os.PathLike, name_tag: str, *, force: bool = False) ->
     os.umask(umask)
     staging.chmod(0o777 & ~umask)  # mkdtemp makes 0700; a package folder is readable like any other
     try:
-        for filename, data in repo_files(run_dir, f"ssl-zoo/{name}", load_name=name_tag).items():
+        for filename, data in repo_files(run_dir, f"ssl-zoo/{name}", load_name=name_tag, figures=figures).items():
             if isinstance(data, Path):
                 shutil.copyfile(data, staging / filename)
             else:
@@ -174,11 +196,60 @@ def bundle(run_dir: str | os.PathLike, name_tag: str, *, force: bool = False) ->
     return models[name]["tags"][tag]
 
 
+def write_card(source: str | os.PathLike, out: str | os.PathLike | None = None, **options: Any) -> list[Path]:
+    """Re-render the card (README.md) of a bundled registry model or a model folder with its figures, each file
+    written atomically into the model's own folder or ``out`` (with ``curves.png``, which the card shows);
+    ``config.json`` and the weights are never written. ``options`` go to ``zoo.eval.figures.CardData``
+    (``data``: the CIFAR-10 root). Returns the files written, the card last."""
+    resolved = fetch(source)
+    if resolved.folder is None:
+        raise ValueError(f"{source} is built from a seed: it has no model folder or training record to make a "
+                         "card of")
+    repo_id, load_name = _card_names(source, resolved)
+    card = str(render_card(resolved.folder, repo_id, load_name, figures=FIGURES)).encode()  # checks the folder first
+    target = writable_folder(out if out is not None else _own_folder(source, resolved))
+    files: dict[str, bytes] = card_figures(resolved.load(), repo_id.split("/")[-1], **options)
+    if (resolved.folder / CURVES).is_file() and target.resolve() != resolved.folder.resolve():
+        files[CURVES] = (resolved.folder / CURVES).read_bytes()
+    files["README.md"] = _keep_added_sections(card, target / "README.md")
+    for name, data in files.items():
+        write_bytes(target / name, data)
+    return [target / name for name in files]
+
+
+def _keep_added_sections(card: bytes, old: Path) -> bytes:
+    """The re-rendered card with the sections other commands added to the old one (between ``<!-- ssl-zoo:NAME -->``
+    markers, e.g. ``export-onnx --quantize``'s int8 numbers), before its limitations."""
+    sections = [m.group(0) for m in ADDED_SECTION.finditer(old.read_text())] if old.is_file() else []
+    if not sections:
+        return card
+    head, limitations, rest = card.decode().partition("## Limitations")
+    return (head + "\n\n".join(sections) + "\n\n" + limitations + rest).encode()
+
+
+def _card_names(source: str | os.PathLike, resolved: Resolved) -> tuple[str, str | None]:
+    """The repo id a card names its model by and what it tells users to load: a registry tag's name (repo
+    ``ssl-zoo/NAME``, as ``bundle`` writes it), a Hub repo, or the folder as it was given."""
+    provenance = resolved.provenance
+    if "name" in provenance:
+        return provenance.get("repo_id", f"ssl-zoo/{provenance['name'].partition('.')[0]}"), provenance["name"]
+    if "repo_id" in provenance:
+        return provenance["repo_id"], None
+    return resolved.folder.resolve().name, os.fspath(source)
+
+
+def _own_folder(source: str | os.PathLike, resolved: Resolved) -> Path:
+    """Where a model's card lies: its bundled or local folder (never the Hub cache)."""
+    if resolved.provenance["source"].startswith(HUB_PREFIX):
+        raise ValueError(f"{source} comes from the Hub cache, which is not the place for a card: give an output "
+                         "folder (ssl-zoo card --out DIR)")
+    return resolved.folder
+
+
 def _reprobe(run_dir: str | os.PathLike, results: dict[str, Any], protocol: dict[str, Any]) -> dict[str, Any]:
     """Re-measure the run's exported encoder as ``ssl-zoo probe`` would: refuse it unless that gives
     the run's own numbers; its numbers on a reduced bank (``CHECK_PER_CLASS``) for the test suite."""
     from ..eval.probes import probe
-    from .sources import load
 
     encoder = load(Path(run_dir).resolve())
     bank = protocol["knn5"]["train_images"]

@@ -13,7 +13,7 @@ from types import ModuleType
 # The commands' defaults, here without torch or pyarrow so that `ssl-zoo embed --help` imports neither.
 DEFAULT_SHARD_SIZE = 10_000
 DTYPES = ("float32", "float16")
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "onnx-int8")
 SPLIT_PREFIX = "cifar10:"  # cifar10:train, cifar10:test
 # Measured in benchmarks/results/index.md on 2 CPU cores, 512-d: one exact query takes 24 ms at 50,000 rows
 # and grows linearly (72 ms at 200,000, 160 ms at 500,000); IVF-Flat (nlist 894, nprobe 32) answers in

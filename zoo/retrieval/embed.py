@@ -42,10 +42,11 @@ BARRIER_TIMEOUT = timedelta(hours=24)
 
 def _forward(encoder: Encoder, backend: str, device: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """``uint8 (N, S, S, 3) images -> float features`` with the model's own preprocessing, on ``backend``."""
-    if backend == "onnx":
+    if backend in ("onnx", "onnx-int8"):
         from ..onnx import encoder_session
+        from ..quantize import int8_session
 
-        session = encoder_session(encoder)
+        session = int8_session(encoder) if backend == "onnx-int8" else encoder_session(encoder)
         return lambda images: torch.from_numpy(session.run(None, {"images": encoder.preprocess(images).numpy()})[0])
     return lambda images: encoder(encoder.preprocess(images.to(device, non_blocking=True))).float()
 
@@ -82,8 +83,8 @@ def embed_collection(source: str | os.PathLike, model: str | os.PathLike | Encod
                              ("workers", 0 if workers is None else workers, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    if backend == "onnx" and device != "cpu":
-        raise ValueError("--backend onnx runs on the CPU: drop --device or use --backend torch")
+    if backend != "torch" and device != "cpu":
+        raise ValueError(f"--backend {backend} runs on the CPU: drop --device or use --backend torch")
     images = list_images(source, follow_symlinks)
     rank, world, started = join_process_group(BARRIER_TIMEOUT)
     try:
