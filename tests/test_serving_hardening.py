@@ -200,7 +200,7 @@ def test_a_restarted_worker_loads_only_the_weights_the_server_verified(model_dir
         zoo.Encoder(zoo.EncoderConfig("resnet18_cifar", {"width": 4})).save_pretrained(tmp_path / "other")
         (folder / "model.safetensors").write_bytes((tmp_path / "other" / "model.safetensors").read_bytes())
         os.kill(_worker_pid(s), signal.SIGKILL)
-        deadline, answers = time.time() + 45, set()
+        deadline, answers = time.time() + 20, set()
         while time.time() < deadline:  # the restarted worker refuses the changed file: never ready, never other weights
             r = httpx.post(f"{s.url}/embed", content=JPEGS[0].read_bytes(), headers={"content-type": "image/jpeg"},
                            timeout=60)  # the server's own deadline is 30 s

@@ -50,15 +50,17 @@ def test_the_openai_client_works_with_the_key_on_the_onnx_backend(server, model_
     assert "API key required" in server.ready_line and "backend onnx" in server.ready_line
 
 
-def test_every_route_but_health_needs_the_key(server):
+def test_every_route_but_the_probes_and_the_pages_files_needs_the_key(server):
     files = [("images", ("a.jpg", JPEGS[0].read_bytes(), "image/jpeg"))]
     assert httpx.post(f"{server.url}/embed", files=files).status_code == 401
     assert httpx.post(f"{server.url}/embed", files=files, headers={"X-API-Key": "wrong"}).status_code == 401
     assert httpx.post(f"{server.url}/embed", files=files, headers={"X-API-Key": KEY}).status_code == 200
     assert httpx.post(f"{server.url}/embed", files=files, headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
-    assert httpx.get(f"{server.url}/health").status_code == 200  # load balancers probe without a key
-    for path in ("/info", "/v1/models", "/"):
+    for path in ("/health", "/ready", "/", "/page/app.js", "/page/style.css"):  # probes; the page asks for the key
+        assert httpx.get(f"{server.url}{path}").status_code == 200, path
+    for path in ("/info", "/v1/models", "/metrics", "/map", "/collection?row=0"):
         assert httpx.get(f"{server.url}{path}").status_code == 401, path
+    assert httpx.post(f"{server.url}/match", files=files * 2).status_code == 401
     for path in ("/docs", "/openapi.json", "/redoc"):  # off when a key is set
         assert httpx.get(f"{server.url}{path}", headers={"X-API-Key": KEY}).status_code == 404, path
 

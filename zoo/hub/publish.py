@@ -39,7 +39,6 @@ CHECK_PER_CLASS = (500, 100)  # train / test images per class of a bundled tag's
 ADDED_SECTION = re.compile(r"<!-- ssl-zoo:([\w-]+) -->.*?<!-- /ssl-zoo:\1 -->", re.DOTALL)  # kept by write_card
 
 
-
 def _run_info(run_dir: Path) -> dict[str, Any]:
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (run_dir / name).is_file():
