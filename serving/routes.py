@@ -126,9 +126,7 @@ class ImageEmbeddingSpec(LitSpec):
     async def collection_image(self, request: Request) -> Response:
         """``GET /collection?row=N``: the image file of one row of the collection (for the page's thumbnails)."""
         try:
-            if self.search_settings is None:
-                raise HTTPError(404, NO_INDEX)
-            data, media_type = collection_image(await self._index(), request.query_params.get("row"))
+            data, media_type = collection_image(await self._collection(), request.query_params.get("row"))
         except HTTPError as e:
             return _error(e.status, {"error": str(e)})
         return Response(data, media_type=media_type, headers={"cache-control": "private, max-age=3600"})
@@ -155,9 +153,7 @@ class ImageEmbeddingSpec(LitSpec):
                 blobs, _ = await embed_inputs(request, body, 2)
             row = request.query_params.get("row")
             if row is not None:
-                if self.search_settings is None:
-                    raise HTTPError(404, NO_INDEX)
-                blobs.append((f"row {row}", collection_image(await self._index(), row)[0]))
+                blobs.append((f"row {row}", collection_image(await self._collection(), row)[0]))
             if len(blobs) != 2:
                 raise HTTPError(400, f"/match compares two images: send two, or one and ?row= of the collection "
                                      f"(got {len(blobs)})")
@@ -292,6 +288,12 @@ class ImageEmbeddingSpec(LitSpec):
 
     def _start_index_load(self) -> None:
         self._index_load = asyncio.ensure_future(asyncio.to_thread(NeighborIndex.load, self.search_settings.directory))
+
+    async def _collection(self) -> NeighborIndex:
+        """The index, for the page's routes that need one; a 404 saying how to start the server with one otherwise."""
+        if self.search_settings is None:
+            raise HTTPError(404, NO_INDEX)
+        return await self._index()
 
     async def _index(self) -> NeighborIndex:
         """The index, opened as this HTTP process starts (in a thread); a search meanwhile waits for that load."""
