@@ -9,6 +9,7 @@ computed once per HTTP process on the first ``GET /map``.
 from __future__ import annotations
 
 import mimetypes
+import tarfile
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from zoo.retrieval.images import read_image_bytes
 from zoo.retrieval.index import NeighborIndex
 from zoo.retrieval.shards import load_collection
 
@@ -44,10 +46,8 @@ def collection_image(index: NeighborIndex, raw_row: str | None) -> tuple[bytes, 
         raise HTTPError(404, f"row {row} is not in the collection (rows 0 to {len(index) - 1})")
     path = Path(index.metadata["path"][row].as_py())
     try:
-        if not path.is_file() or path.stat().st_size > COLLECTION_IMAGE_BYTES:
-            raise OSError("not a regular file of at most 20 MB")
-        data = path.read_bytes()
-    except OSError as e:
+        data = read_image_bytes(str(path), COLLECTION_IMAGE_BYTES)
+    except (OSError, KeyError, tarfile.TarError) as e:
         raise HTTPError(404, f"row {row}'s file {index.relative(str(path))} cannot be sent ({e}); the collection "
                              "changed since it was embedded") from None
     return data, mimetypes.guess_type(path.name)[0] or "application/octet-stream"

@@ -203,14 +203,14 @@ def test_training_flops_are_counted_by_torch_without_computing():
     assert estimate.flops_text(1.06e15) == "1.06 PFLOP" and estimate.flops_text(8.1e10) == "81 GFLOP"
 
 
-def _stop_at_data_loading(monkeypatch):
+def _stop_after_the_projection(monkeypatch):
     class Stop(Exception):
         pass
 
     def stop(*args, **kwargs):
         raise Stop
 
-    monkeypatch.setattr(loop, "load_cifar10", stop)  # the run stops where it would start loading data
+    monkeypatch.setattr(loop, "build_optimizer", stop)  # the run stops once it has announced its projection
     return Stop
 
 
@@ -223,7 +223,7 @@ def test_every_run_measures_its_speed_and_warns_past_two_hours(tmp_path, monkeyp
         return 2 * batch_size / 50.0
 
     monkeypatch.setattr(loop, "measure_step_seconds", slow)
-    stop = _stop_at_data_loading(monkeypatch)
+    stop = _stop_after_the_projection(monkeypatch)
     with pytest.raises(stop):
         train(seed, tmp_path / "run")
     out, err = capsys.readouterr()
@@ -236,7 +236,7 @@ def test_every_run_measures_its_speed_and_warns_past_two_hours(tmp_path, monkeyp
     capsys.readouterr()
     quick = build_config("byol", "smoke", None, {})  # a short run: the projection, measured for real, no warning
     monkeypatch.undo()
-    stop = _stop_at_data_loading(monkeypatch)
+    stop = _stop_after_the_projection(monkeypatch)
     with pytest.raises(stop):
         train(quick, tmp_path / "smoke")
     out, err = capsys.readouterr()
@@ -248,7 +248,7 @@ def test_forced_bf16_on_a_cpu_without_it_warns_with_both_measured_speeds(tmp_pat
     monkeypatch.setattr(estimate, "native_bf16", lambda isa=None: False)
     rates = {"bf16": 45.0, "fp32": 464.0}
     monkeypatch.setattr(loop, "measure_step_seconds", lambda m, c, d, precision, b, e, s: 2 * b / rates[precision])
-    stop = _stop_at_data_loading(monkeypatch)
+    stop = _stop_after_the_projection(monkeypatch)
     with pytest.raises(stop):
         train(build_config("simclr", "smoke", None, {"precision": "bf16"}), tmp_path / "run")
     err = capsys.readouterr().err

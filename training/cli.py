@@ -57,8 +57,10 @@ def _interrupted(out: str, epochs: int) -> str:
 
 
 COMMANDS = {
-    "train": Command("train a self-supervised encoder (SimCLR, BYOL or Barlow Twins) on CIFAR-10",
+    "train": Command("train a self-supervised encoder (SimCLR, BYOL, Barlow Twins or VICReg) on CIFAR-10 or your own "
+                     "images",
                      "training.cli:add_arguments",
-                     description="Train a self-supervised ResNet-18 on CIFAR-10. Flags override the preset and the "
-                     "--config file. Works under torchrun for several processes."),
+                     description="Train a self-supervised ResNet-18 on CIFAR-10, or on your own images with --data "
+                     "(a folder, a text file of paths or webdataset shards) and --image-size. Flags override the preset "
+                     "and the --config file. Works under torchrun for several processes."),
 }

@@ -12,7 +12,7 @@ from .methods import METHODS, VIEWS, Recipe
 from .optim import OPTIMIZERS, SCHEDULES
 
 PRECISIONS = ("auto", "bf16", "fp32")
-IMAGE_SIZE = 32  # CIFAR-10's side: the global views' size (after any progressive-resolution epochs)
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 256  # --image-size: the CIFAR stem keeps full resolution through layer1
 RECIPE_FIELDS = tuple(f.name for f in fields(Recipe))  # None in TrainConfig: the method's seed value
 PER_CLASS_FIELDS = ("train_per_class", "eval_train_per_class", "eval_test_per_class", "final_train_per_class")
 CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "views": VIEWS, "precision": PRECISIONS}
@@ -49,22 +49,25 @@ class TrainConfig:
                              "joint: both views in one batch")
     method_options: dict[str, Any] = field(default_factory=dict)
     width: int = _doc(64, "ResNet-18 base width (64: the standard network, 512-d features)")
+    image_size: int = _doc(32, "side of the training views and of the encoder's input, in pixels (CIFAR-10: 32; "
+                           "64 or 96 for photos); your own images are decoded once at this size")
     proj_hidden: int = _doc(2048, "hidden size of the projector (and BYOL's predictor)")
     proj_out: int = _doc(128, "output size of the projector")
     local_crops: int = _doc(0, "multi-crop: small local crops per image besides the two global views, each "
                             "one's loss taken against both global views (0: off)")
     local_size: int = _doc(16, "side of each local crop in pixels (kept small: a 16-px crop costs a quarter of "
-                           "a 32-px view)")
+                           "a 32-px view); at most --image-size")
     local_scale_min: float = _doc(0.1, "smallest area of a local crop, as a fraction of the image")
     local_scale_max: float = _doc(0.4, "largest area of a local crop, as a fraction of the image")
     progressive_size: int = _doc(32, "progressive resolution: the global views' side in the first epoch, "
-                                 "growing linearly to 32 px over --progressive-epochs")
-    progressive_epochs: int = _doc(0, "epochs over which the global views grow to 32 px (0: off)")
-    bn_recalibrate: bool = _doc(False, "recompute the encoder's BatchNorm statistics on unaugmented 32-px "
-                                "training images before each evaluation (FixRes-style)")
+                                 "growing linearly to --image-size over --progressive-epochs (at most --image-size)")
+    progressive_epochs: int = _doc(0, "epochs over which the global views grow to --image-size (0: off)")
+    bn_recalibrate: bool = _doc(False, "recompute the encoder's BatchNorm statistics on unaugmented training "
+                                "images at --image-size before each evaluation (FixRes-style)")
     shuffle: bool = _doc(True, "a fresh data order every epoch, seeded by (seed, epoch)")
     drop_last: bool = _doc(True, "drop each epoch's partial last batch")
-    train_per_class: int | None = _doc(None, "training images per class (all: 5,000)")
+    train_per_class: int | None = _doc(None, "training images per class (all: 5,000 of CIFAR-10; your own labelled "
+                                       "images: at most this many per class; without labels: all images)")
     eval_train_per_class: int | None = _doc(500, "k-NN bank images per class of the per-epoch monitor")
     eval_test_per_class: int | None = _doc(100, "test images per class of the per-epoch monitor")
     final_train_per_class: int | None = _doc(None, "train bank images per class of the final probes "
@@ -75,7 +78,10 @@ class TrainConfig:
                           "(AVX512-BF16 or AMX: 2-3x fp32), fp32 on other CPUs (bf16 emulated there: ~10x slower)")
     compile: bool = _doc(False, "torch.compile the training step")
     log_every: int = _doc(20, "steps between loss read-backs (divergence check, progress bar)")
-    data: str | None = _doc(None, "CIFAR-10 root (unset: $SSL_ZOO_DATA, the ../shared copy, or a download)")
+    data: str | None = _doc(None, "what to train on: cifar10 (unset: $SSL_ZOO_DATA, the ../shared copy, or a "
+                            "download) or a CIFAR-10 root; or your own images: a folder (first-level sub-folders "
+                            "are labels when every image has one), a text file of paths, or webdataset shards "
+                            "(shards/{00000..00099}.tar)")
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -110,14 +116,17 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1{' or all' if name in PER_CLASS_FIELDS else ''}, got {value}")
-        if self.local_crops < 0 or not 4 <= self.local_size <= IMAGE_SIZE:
-            raise ValueError(f"local_crops must be >= 0 and local_size in 4..{IMAGE_SIZE}, got {self.local_crops} "
-                             f"and {self.local_size}")
+        if not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
+            raise ValueError(f"image_size must be in {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE} pixels, got {self.image_size}")
+        if self.local_crops < 0 or (self.local_crops and not 4 <= self.local_size <= self.image_size):
+            raise ValueError(f"local_crops must be >= 0 and local_size in 4..{self.image_size} (the image size), got "
+                             f"{self.local_crops} and {self.local_size}")
         if not 0 < self.local_scale_min <= self.local_scale_max <= 1:
             raise ValueError(f"local crop scales must satisfy 0 < min <= max <= 1, got {self.local_scale_min} and "
                              f"{self.local_scale_max}")
-        if not 8 <= self.progressive_size <= IMAGE_SIZE or not 0 <= self.progressive_epochs <= self.epochs:
-            raise ValueError(f"progressive_size must be in 8..{IMAGE_SIZE} and progressive_epochs in 0..epochs "
+        if (self.progressive_epochs and not 8 <= self.progressive_size <= self.image_size) or \
+                not 0 <= self.progressive_epochs <= self.epochs:
+            raise ValueError(f"progressive_size must be in 8..{self.image_size} and progressive_epochs in 0..epochs "
                              f"({self.epochs}), got {self.progressive_size} and {self.progressive_epochs}")
         if self.batch_size < 2:
             raise ValueError("batch_size must be at least 2 (contrastive and batch-statistics losses)")
@@ -230,7 +239,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     for f in fields(TrainConfig):
         if f.name not in ("method", "method_options"):
             metavar = (None if f.name in CHOICES else "N|all" if f.name in PER_CLASS_FIELDS else
-                       "true|false" if f.type == "bool" else "DIR" if f.name == "data" else f.name.upper())
+                       "true|false" if f.type == "bool" else "SOURCE" if f.name == "data" else f.name.upper())
             group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=_parser_for(f.name, str(f.type)),
                                choices=CHOICES.get(f.name), default=None, metavar=metavar,
                                help=f"{f.metadata['help']} ({_default_text(f.name, f.default)})")

@@ -23,7 +23,7 @@ from .hardware import cpu_summary, native_bf16
 WARN_MINUTES = 120.0  # longer than this on a CPU: a run meant for a GPU
 TIMED_STEPS, TIMING_BUDGET_S = 3, 20.0  # after one warm-up step: up to 3 steps, stopping once 20 s have passed
 CLASSES = len(CIFAR10_CLASSES)
-TRAIN_PER_CLASS, TEST_PER_CLASS = CIFAR10_COUNTS["train"] // CLASSES, CIFAR10_COUNTS["test"] // CLASSES
+TRAIN_PER_CLASS = CIFAR10_COUNTS["train"] // CLASSES
 
 
 def images(per_class: int | None, full: int = TRAIN_PER_CLASS) -> int:
@@ -31,9 +31,9 @@ def images(per_class: int | None, full: int = TRAIN_PER_CLASS) -> int:
     return CLASSES * (per_class or full)
 
 
-def steps_per_epoch(cfg: TrainConfig) -> int:
-    """Optimiser steps in one epoch of ``cfg``."""
-    n = images(cfg.train_per_class)
+def steps_per_epoch(cfg: TrainConfig, num_images: int | None = None) -> int:
+    """Optimiser steps in one epoch of ``cfg`` on ``num_images`` training images (None: CIFAR-10's, per ``cfg``)."""
+    n = images(cfg.train_per_class) if num_images is None else num_images
     return n // cfg.batch_size if cfg.drop_last else math.ceil(n / cfg.batch_size)
 
 
@@ -57,8 +57,9 @@ def step_flops(method: torch.nn.Module, shapes: list[tuple[int, ...]]) -> int:
     return count_flops(step)
 
 
-def epoch_flops(cfg: TrainConfig, method: torch.nn.Module) -> list[int]:
-    """Training FLOPs of each epoch of ``cfg`` (every step on the global batch; evaluation not included)."""
+def epoch_flops(cfg: TrainConfig, method: torch.nn.Module, num_images: int | None = None) -> list[int]:
+    """Training FLOPs of each epoch of ``cfg`` on ``num_images`` training images (None: CIFAR-10's, per ``cfg``;
+    every step on the global batch; evaluation not included)."""
     from .views import ViewMaker
 
     views, per_step = ViewMaker(cfg), {}
@@ -68,7 +69,7 @@ def epoch_flops(cfg: TrainConfig, method: torch.nn.Module) -> list[int]:
         key = tuple(shapes)
         if key not in per_step:
             per_step[key] = step_flops(method, shapes)
-        flops.append(per_step[key] * steps_per_epoch(cfg))
+        flops.append(per_step[key] * steps_per_epoch(cfg, num_images))
     return flops
 
 
@@ -115,7 +116,8 @@ def measure_step_seconds(method: torch.nn.Module, cfg: TrainConfig, device: torc
     model = copy.deepcopy(method).to(device)
     optimizer = build_optimizer(model, cfg)
     generator = torch.Generator(device).manual_seed(0)
-    images = torch.randint(0, 256, (batch_size, 32, 32, 3), dtype=torch.uint8, generator=generator, device=device)
+    side = cfg.image_size
+    images = torch.randint(0, 256, (batch_size, side, side, 3), dtype=torch.uint8, generator=generator, device=device)
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16")
     memory_format = torch.channels_last if precision == "bf16" else torch.contiguous_format
     model.to(memory_format=memory_format)
@@ -127,10 +129,11 @@ def measure_step_seconds(method: torch.nn.Module, cfg: TrainConfig, device: torc
     return _timed(step, _sync(device))
 
 
-def measure_eval_images_per_s(encoder: torch.nn.Module, device: torch.device, batch_size: int = 512) -> float:
-    """Images/s of the frozen encoder's forward pass (fp32, eval mode), as the probes run it."""
+def measure_eval_images_per_s(encoder: torch.nn.Module, device: torch.device, image_size: int = 32,
+                              batch_size: int = 512) -> float:
+    """Images/s of the frozen encoder's forward pass (fp32, eval mode) on ``image_size`` images, as the probes run it."""
     model = copy.deepcopy(encoder).to(device).eval()
-    x = torch.rand(batch_size, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)
+    x = torch.rand(batch_size, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)).to(device)
 
     def forward() -> None:
         with torch.inference_mode():
@@ -143,16 +146,24 @@ def _sync(device: torch.device) -> Callable[[], None]:
     return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
 
+@dataclass(frozen=True)
+class DataSizes:
+    """Images a run trains on per epoch, evaluates per epoch (the monitor) and at the end (the final probes)."""
+
+    train: int
+    monitor: int
+    final: int
+
+
 def project(cfg: TrainConfig, flops: list[int], step_seconds: float, first_epoch: int,
-            eval_images_per_s: float) -> Projection:
+            eval_images_per_s: float, sizes: DataSizes) -> Projection:
     """The run's minutes from ``first_epoch`` on: each epoch's training FLOPs (``flops``) at the FLOP rate of
     the measured step (``step_seconds``, in ``first_epoch``), the per-epoch monitor and the final probes at the
     measured evaluation rate."""
-    steps = steps_per_epoch(cfg)
+    steps = steps_per_epoch(cfg, sizes.train)
     flops_per_s = flops[first_epoch] / steps / step_seconds
     epochs_left = cfg.epochs - first_epoch
-    monitor = epochs_left * (images(cfg.eval_train_per_class) + images(cfg.eval_test_per_class, TEST_PER_CLASS))
-    final = images(cfg.final_train_per_class) + images(None, TEST_PER_CLASS)
+    monitor, final = epochs_left * sizes.monitor, sizes.final
     views = (2 + cfg.local_crops) * cfg.batch_size
     return Projection(views / step_seconds, eval_images_per_s, sum(flops[first_epoch:]) / flops_per_s / 60,
                       monitor / eval_images_per_s / 60, final / eval_images_per_s / 60)
@@ -183,11 +194,11 @@ def start_report(cfg: TrainConfig, projection: Projection, precision: str, devic
             f"{duration(projection.final_minutes)}); {flops_text(flops)} of training in all")
 
 
-def long_run_warning(cfg: TrainConfig, projection: Projection, device: torch.device) -> str | None:
+def long_run_warning(cfg: TrainConfig, projection: Projection, device: torch.device, num_images: int) -> str | None:
     """A warning when the projected run is longer than WARN_MINUTES on a CPU: a recipe meant for a GPU."""
     if device.type != "cpu" or projection.minutes <= WARN_MINUTES:
         return None
-    return (f"warning: this run ({cfg.epochs} epochs of {images(cfg.train_per_class):,} images, width {cfg.width}) "
+    return (f"warning: this run ({cfg.epochs} epochs of {num_images:,} images, width {cfg.width}) "
             f"is projected to take {duration(projection.minutes)} on this CPU. Runs this long, like the default "
             f"preset `seed`, are for a GPU: on a CPU use --preset cpu (the zoo's CPU recipe), --preset quick "
             f"(minutes) or --preset smoke (under a minute). Starting anyway; stop it with Ctrl-C.")

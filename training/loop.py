@@ -16,23 +16,25 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 import zoo
-from zoo import Encoder, EncoderConfig, ImageArrays, build_encoder, load_cifar10
-from zoo.hub.rundir import (CHECKPOINT, EXPORT_FILES, METRICS, RESULTS, TRAIN_CONFIG, keep_previous_export,
+from zoo import Encoder, EncoderConfig, build_encoder
+from zoo.hub.rundir import (CHECKPOINT, EXPORT_FILES, METRICS, RESULTS, TRAIN_CONFIG, UNUSABLE, keep_previous_export,
                             local_flags, public_training_config)
 from zoo.io import write_json, write_jsonl
+from zoo.eval.labelfree import label_free
 from zoo.eval.probes import evaluate
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
+from .data import TrainData, load_train_data
 from .distributed import DistEnv, all_reduce_sum, convert_batchnorm, init_distributed
-from .estimate import (emulated_bf16_warning, epoch_flops, long_run_warning, measure_eval_images_per_s,
+from .estimate import (DataSizes, emulated_bf16_warning, epoch_flops, long_run_warning, measure_eval_images_per_s,
                        measure_step_seconds, project, start_report)
 from .hardware import resolve_precision
 from .methods import METHODS, SSLMethod
 from .optim import build_optimizer, lr_at
 from .provenance import LAUNCHES, launch_record, read_launches, run_provenance
 from .recalibrate import recalibrate_batchnorm
-from .resume import check_same_run, read_history, run_state
+from .resume import check_same_data, check_same_run, read_history, run_state
 from .views import ViewMaker
 
 EXPLODE_FACTOR = 100.0  # a logged loss this many times the first one counts as exploded
@@ -55,9 +57,8 @@ class Run:
     optimizer: torch.optim.Optimizer
     precision: str
     flops: list[int]  # training FLOPs of each epoch
-    train_set: ImageArrays
-    test_set: ImageArrays
-    images: torch.Tensor  # the training images, uint8 (N, 32, 32, 3) on the device
+    data: TrainData
+    images: torch.Tensor  # the training images, uint8 (N, S, S, 3) on the device
     history: list[dict[str, Any]] = field(default_factory=list)
     first_loss: float | None = None
     started: tuple[float, float] = (0.0, 0.0)  # (process time, wall time) at which the run's clock reads zero
@@ -73,7 +74,7 @@ class Run:
 
 def build_method(cfg: TrainConfig) -> tuple[SSLMethod, EncoderConfig]:
     """The method of ``cfg`` (heads and all) on a fresh CIFAR ResNet-18, and the encoder's config."""
-    encoder_config = EncoderConfig("resnet18_cifar", {"width": cfg.width})
+    encoder_config = EncoderConfig("resnet18_cifar", {"width": cfg.width}, input_size=cfg.image_size)
     return METHODS[cfg.method].from_config(build_encoder(encoder_config), cfg), encoder_config
 
 
@@ -102,23 +103,23 @@ def _leave_finished(out: Path, cfg: TrainConfig, env: DistEnv) -> dict[str, Any]
 
 def _start(cfg: TrainConfig, out: Path, env: DistEnv, state: str, re_export: bool,
            started: tuple[float, float]) -> Run:
-    """Build the method (seeded), announce the projected run time, load the data, restore a checkpoint on
+    """Load the data, build the method (seeded), announce the projected run time, restore a checkpoint on
     resume and write the run directory's records; every rank builds the same, only rank 0 writes."""
     resume = state != "new"
+    data = load_train_data(cfg)
+    images = torch.from_numpy(data.images).to(env.device)
+    _check_batching(len(images), cfg, env.world_size)
     torch.manual_seed(cfg.seed)
     method, encoder_config = build_method(cfg)
     precision = resolve_precision(cfg.precision, env.device)
-    flops = epoch_flops(cfg, method)
+    flops = epoch_flops(cfg, method, len(images))
     first_epoch = len(read_history(out)) if resume else 0
     if env.is_main and first_epoch < cfg.epochs:
-        _announce(cfg, method, env, precision, flops, first_epoch)
-    train_set, test_set = load_cifar10("train", cfg.data), load_cifar10("test", cfg.data)
-    images = torch.from_numpy(_subset(train_set, cfg.train_per_class).images).to(env.device)
-    _check_batching(len(images), cfg, env.world_size)
+        _announce(cfg, method, env, precision, flops, first_epoch, _sizes(data))
     if env.world_size > 1:
         method = convert_batchnorm(method)
     run = Run(cfg, out, env, method, encoder_config, method, build_optimizer(method, cfg), precision, flops,
-              train_set, test_set, images)
+              data, images)
     method.to(env.device, memory_format=run.memory_format)
     # DDP's constructor synchronises the ranks: every rank has checked the run directory before rank 0 writes.
     run.model = DistributedDataParallel(method) if env.world_size > 1 else method
@@ -126,6 +127,7 @@ def _start(cfg: TrainConfig, out: Path, env: DistEnv, state: str, re_export: boo
     if resume:
         progress = load_checkpoint(out / CHECKPOINT, method, run.optimizer)
         check_same_run(progress["config"], cfg, out / CHECKPOINT)
+        check_same_data(progress.get("dataset"), data.dataset, cfg.data)
         run.history = progress["history"]
     run.first_loss = run.history[0]["loss"] if run.history else None
     # The clock carries the time spent before a resume (rank 0 keeps the totals in its history).
@@ -184,20 +186,32 @@ def _end_epoch(run: Run, epoch: int, loss: float, seconds: float) -> None:
     if not env.is_main:
         run.history.append({})
         return
-    monitor = evaluate(run.method.encoder, _subset(run.train_set, cfg.eval_train_per_class),
-                       _subset(run.test_set, cfg.eval_test_per_class), linear=False, device=env.device)
+    measured = _label_free(run, "monitor")
+    if run.data.monitor is not None:
+        monitor = evaluate(run.method.encoder, *run.data.monitor, linear=False, device=env.device)
+        measured |= {"knn_accuracy": monitor["knn5"], "weighted_knn_accuracy": monitor["knn200"]}
     images = steps_per_epoch_images(len(run.images), cfg)
-    record = {"epoch": epoch + 1, "loss": loss, "lr": run.optimizer.param_groups[0]["lr"],
-              "knn_accuracy": monitor["knn5"], "weighted_knn_accuracy": monitor["knn200"],
+    record = {"epoch": epoch + 1, "loss": loss, "lr": run.optimizer.param_groups[0]["lr"], **measured,
               "images_per_s": images / seconds, "seconds": seconds,
               "cpu_seconds": time.process_time() - run.started[0], "wall_seconds": time.perf_counter() - run.started[1],
               "train_flops": sum(run.flops[:epoch + 1])}
     run.history.append(record)
-    save_checkpoint(run.out / CHECKPOINT, run.method, run.optimizer, {"config": asdict(cfg), "history": run.history})
+    save_checkpoint(run.out / CHECKPOINT, run.method, run.optimizer,
+                    {"config": asdict(cfg), "history": run.history, "dataset": run.data.dataset})
     write_jsonl(run.out / METRICS, run.history)
     _plot_curves(run.history, run.out / "curves.png", run.method.title)
-    print(f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}: loss {loss:.4f}, k-NN {100 * monitor['knn5']:.2f} % "
-          f"(weighted k=200: {100 * monitor['knn200']:.2f} %), {record['images_per_s']:.0f} img/s", flush=True)
+    knn = (f"k-NN {100 * record['knn_accuracy']:.2f} % (weighted k=200: {100 * record['weighted_knn_accuracy']:.2f} %)"
+           if "knn_accuracy" in record else f"alignment {record['alignment']:.3f}, uniformity {record['uniformity']:.3f}")
+    print(f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}: loss {loss:.4f}, {knn}, RankMe {record['rankme']:.1f}, "
+          f"{record['images_per_s']:.0f} img/s", flush=True)
+
+
+def _label_free(run: Run, stage: str) -> dict[str, Any]:
+    """RankMe, alignment and uniformity of the encoder on a fixed sample of the training images (and its protocol)."""
+    sample, view_a, view_b = run.data.label_free_inputs(stage, run.cfg.image_size, run.cfg.seed)
+    measured = label_free(run.method.encoder, sample, view_a, view_b, device=run.env.device)
+    protocol = measured.pop("protocol")
+    return measured | ({"protocol": protocol} if stage == "final" else {})
 
 
 def _finish(run: Run) -> dict[str, Any]:
@@ -211,15 +225,21 @@ def _finish(run: Run) -> dict[str, Any]:
     stage = run.out / ".export"
     shutil.rmtree(stage, ignore_errors=True)  # a staging folder an interrupted export left
     stage.mkdir()
-    bank = _subset(run.train_set, cfg.final_train_per_class)
-    results = evaluate(run.method.encoder, bank, run.test_set, device=env.device)
-    results.update({"train_images": len(bank), "test_images": len(run.test_set), "epochs": cfg.epochs,
+    measured = _label_free(run, "final")
+    results = {"protocol": {}}
+    if run.data.final is not None:
+        bank, test = run.data.final
+        results = evaluate(run.method.encoder, bank, test, device=env.device)
+        results.update({"train_images": len(bank), "test_images": len(test)})
+    results["protocol"]["label_free"] = measured.pop("protocol")
+    results.update({**measured, "epochs": cfg.epochs,
                     "environment": {"torch": torch.__version__, "device": str(env.device), "seed": cfg.seed,
                                     "processes": env.world_size, "precision": run.precision}})
     write_json(stage / RESULTS, results)
     provenance = run_provenance(run.history, env.device, env.world_size, read_launches(run.out), run.precision,
                                 sum(run.flops))
-    info = {"method": cfg.method, "method_title": run.method.title, "dataset": "cifar10", "epochs": cfg.epochs,
+    info = {"method": cfg.method, "method_title": run.method.title, "dataset": run.data.dataset["name"],
+            "data": run.data.dataset, "epochs": cfg.epochs,
             "results": results, "training": public_training_config(asdict(cfg)), "provenance": provenance,
             "ssl_zoo_version": zoo.__version__}
     encoder = run.method.encoder.to(memory_format=torch.contiguous_format)
@@ -228,8 +248,10 @@ def _finish(run: Run) -> dict[str, Any]:
     for name in EXPORT_FILES:  # config.json last: a run with one is finished
         (stage / name).rename(run.out / name)
     stage.rmdir()
-    print(f"{cfg.method}: k-NN (k=5) {100 * results['knn5']:.2f} %, weighted k-NN (k=200) "
-          f"{100 * results['knn200']:.2f} %, linear {100 * results['linear']:.2f} % -> {run.out}", flush=True)
+    probes = (f"k-NN (k=5) {100 * results['knn5']:.2f} %, weighted k-NN (k=200) {100 * results['knn200']:.2f} %, "
+              f"linear {100 * results['linear']:.2f} %, " if "knn5" in results else "")
+    print(f"{cfg.method}: {probes}RankMe {results['rankme']:.1f}, alignment {results['alignment']:.3f}, uniformity "
+          f"{results['uniformity']:.3f} -> {run.out}", flush=True)
     return results
 
 
@@ -252,8 +274,17 @@ def steps_per_epoch_images(num_images: int, cfg: TrainConfig) -> int:
     return num_images - num_images % cfg.batch_size if cfg.drop_last else num_images
 
 
+def _sizes(data: TrainData) -> DataSizes:
+    """The images a run of ``data`` trains on per epoch and evaluates per epoch and at its end."""
+    def probes(pair: tuple | None) -> int:
+        return sum(map(len, pair)) if pair else 0
+
+    monitor, final = (images + 2 * pairs for images, pairs in map(data.label_free_sizes, ("monitor", "final")))
+    return DataSizes(len(data.images), probes(data.monitor) + monitor, probes(data.final) + final)
+
+
 def _announce(cfg: TrainConfig, method: SSLMethod, env: DistEnv, precision: str, flops: list[int],
-              first_epoch: int) -> None:
+              first_epoch: int, sizes: DataSizes) -> None:
     """Time a few steps on a copy of ``method`` and print the projected run time, warning when it is long
     or when bf16 is emulated on this CPU (then with both precisions' measured speeds)."""
     batch = cfg.batch_size // env.world_size
@@ -261,13 +292,13 @@ def _announce(cfg: TrainConfig, method: SSLMethod, env: DistEnv, precision: str,
     def seconds(p: str) -> float:
         return measure_step_seconds(method, cfg, env.device, p, batch, first_epoch, train_step)
 
-    projection = project(cfg, flops, seconds(precision), first_epoch, measure_eval_images_per_s(method.encoder,
-                                                                                                env.device))
+    eval_rate = measure_eval_images_per_s(method.encoder, env.device, cfg.image_size)
+    projection = project(cfg, flops, seconds(precision), first_epoch, eval_rate, sizes)
     print(start_report(cfg, projection, precision, env.device, cfg.epochs - first_epoch, sum(flops[first_epoch:])),
           flush=True)
-    warnings = [long_run_warning(cfg, projection, env.device)]
+    warnings = [long_run_warning(cfg, projection, env.device, sizes.train)]
     if env.device.type == "cpu" and precision == "bf16":
-        fp32 = project(cfg, flops, seconds("fp32"), first_epoch, projection.eval_images_per_s)
+        fp32 = project(cfg, flops, seconds("fp32"), first_epoch, projection.eval_images_per_s, sizes)
         warnings.append(emulated_bf16_warning(projection.views_per_s, fp32.views_per_s))
     for warning in filter(None, warnings):
         print(warning, file=sys.stderr, flush=True)
@@ -278,6 +309,10 @@ def _write_records(run: Run, action: str) -> None:
     run.out.mkdir(parents=True, exist_ok=True)
     write_json(run.out / TRAIN_CONFIG, asdict(run.cfg))
     write_jsonl(run.out / METRICS, run.history)
+    if run.data.failures:
+        write_jsonl(run.out / UNUSABLE, run.data.failures)
+        print(f"{len(run.data.failures)} file(s) of {run.cfg.data} could not be used (each with its reason in "
+              f"{run.out / UNUSABLE}); training on the other {len(run.data.images):,}", file=sys.stderr, flush=True)
     launches = read_launches(run.out) if action != "start" else []
     write_jsonl(run.out / LAUNCHES, launches + [launch_record(action, len(run.history), local_flags())])
 
@@ -302,11 +337,8 @@ def _check_loss(run: Run, value: float, epoch: int, step: int) -> None:
             f"--warmup-epochs.")
 
 
-def _subset(data: ImageArrays, per_class: int | None) -> ImageArrays:
-    return data.per_class(per_class) if per_class else data
-
-
 def _plot_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Loss, the k-NN monitor (with labels) and RankMe (always) against epochs, as one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -315,11 +347,16 @@ def _plot_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
     from zoo.io import atomic_write
 
     epochs = [r["epoch"] for r in history]
-    fig, (ax_loss, ax_knn) = plt.subplots(1, 2, figsize=(9, 3.4))
-    ax_loss.plot(epochs, [r["loss"] for r in history], marker="o")
-    ax_loss.set(xlabel="epoch", ylabel="training loss", title=f"{title}: loss")
-    ax_knn.plot(epochs, [100 * r["knn_accuracy"] for r in history], marker="o", color="tab:green")
-    ax_knn.set(xlabel="epoch", ylabel="k-NN accuracy (%)", title=f"{title}: k-NN (k=5, eval subset)")
+    panels = [("loss", "training loss", "loss", "tab:blue")]
+    if "knn_accuracy" in history[-1]:
+        panels.append(("knn_accuracy", "k-NN accuracy (%)", "k-NN (k=5, eval subset)", "tab:green"))
+    if "rankme" in history[-1]:
+        panels.append(("rankme", "RankMe (effective rank)", "RankMe (no labels)", "tab:purple"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4), squeeze=False)
+    for ax, (key, label, name, color) in zip(axes[0], panels):
+        scale = 100 if key == "knn_accuracy" else 1
+        ax.plot(epochs, [scale * r[key] if key in r else float("nan") for r in history], marker="o", color=color)
+        ax.set(xlabel="epoch", ylabel=label, title=f"{title}: {name}")
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)

@@ -57,6 +57,14 @@ def check_same_run(saved: Any, cfg: TrainConfig, source: Path) -> None:
                          f"--out (nothing was changed)")
 
 
+def check_same_data(saved: dict[str, Any] | None, dataset: dict[str, Any], data: str | None) -> None:
+    """Refuse to resume a run on other images than it started on (the identity its checkpoint records)."""
+    if saved is not None and saved != dataset:
+        changed = ", ".join(f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in dataset.items() if saved.get(k) != v)
+        raise ValueError(f"--resume: the images of --data {data} are not the ones the run started on ({changed}). "
+                         f"Restore them, or train on the new ones in another --out (nothing was changed)")
+
+
 def read_history(out: Path) -> list[dict[str, Any]]:
     """The finished epochs recorded in ``out``'s metrics.jsonl (empty when there is none)."""
     path = out / METRICS

@@ -5,18 +5,18 @@ from __future__ import annotations
 import torch
 
 from .augment import AugmentConfig, BatchAugment
-from .config import IMAGE_SIZE, TrainConfig
+from .config import TrainConfig
 
 RESOLUTION_STEP = 4  # progressive resolution moves in steps of this many pixels
 
 
 def image_size_at(cfg: TrainConfig, epoch: int) -> int:
-    """The global views' side in ``epoch`` (0-based): ``progressive_size`` growing linearly to IMAGE_SIZE
-    over ``progressive_epochs`` epochs, in steps of RESOLUTION_STEP pixels; IMAGE_SIZE after (or when off)."""
+    """The global views' side in ``epoch`` (0-based): ``progressive_size`` growing linearly to ``image_size``
+    over ``progressive_epochs`` epochs, in steps of RESOLUTION_STEP pixels; ``image_size`` after (or when off)."""
     if epoch >= cfg.progressive_epochs:
-        return IMAGE_SIZE
-    size = cfg.progressive_size + (IMAGE_SIZE - cfg.progressive_size) * epoch / cfg.progressive_epochs
-    return min(IMAGE_SIZE, max(cfg.progressive_size, RESOLUTION_STEP * round(size / RESOLUTION_STEP)))
+        return cfg.image_size
+    size = cfg.progressive_size + (cfg.image_size - cfg.progressive_size) * epoch / cfg.progressive_epochs
+    return min(cfg.image_size, max(cfg.progressive_size, RESOLUTION_STEP * round(size / RESOLUTION_STEP)))
 
 
 class ViewMaker:

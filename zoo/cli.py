@@ -363,7 +363,8 @@ def add_embed_arguments(p: argparse.ArgumentParser) -> None:
     from .retrieval import BACKENDS, DEFAULT_SHARD_SIZE, DTYPES, SPLIT_PREFIX
 
     p.add_argument("source", help=f"a folder of images (recursive; ImageFolder sub-folders give labels), a text file "
-                   f"of image paths (one per line) or {SPLIT_PREFIX}train / {SPLIT_PREFIX}test")
+                   f"of image paths (one per line), webdataset shards ('shards/{{00000..00099}}.tar', quoted; .cls "
+                   f"members give labels) or {SPLIT_PREFIX}train / {SPLIT_PREFIX}test")
     p.add_argument("--model", required=True, help="registry name, hf-hub:owner/repo[@rev] or a model folder")
     p.add_argument("--out", required=True, help="output folder (rerun the same command to resume a killed run)")
     p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="images per shard (default %(default)s)")
@@ -474,7 +475,7 @@ COMMANDS = {
                      "zoo.cli:add_probe_arguments"),
     "publish": Command("upload a training run to the Hugging Face Hub in one commit, or ship it with the package "
                        "as a registry tag (--bundle)", "zoo.cli:add_publish_arguments"),
-    "embed": Command("embed a folder, a list of paths or a CIFAR-10 split into shards on disk (resumable; splits "
+    "embed": Command("embed a folder, a list of paths, webdataset shards or a CIFAR-10 split into shards on disk (resumable; splits "
                      "over torchrun ranks)", "zoo.cli:add_embed_arguments"),
     "index": Command("build a faiss nearest-neighbour index over an `ssl-zoo embed` output",
                      "zoo.cli:add_index_arguments"),

@@ -143,12 +143,12 @@ def load_image_folder(
     fingerprint = _fingerprint([p for p, _ in folder.samples], image_size)
     key = hashlib.sha256(f"{root}|{image_size}".encode()).hexdigest()[:16]
     cache = Path(cache_dir or default_cache_dir()) / "arrays" / f"{root.name}-{key}"
-    cached = _read_cache(cache, fingerprint)
+    cached = read_array_cache(cache, fingerprint)
     if cached is not None:
-        return ImageArrays(*cached, tuple(folder.classes))
+        return ImageArrays(cached[0]["images"], cached[0]["labels"], tuple(folder.classes))
     images = _decode_all([p for p, _ in folder.samples], image_size, root)
     labels = np.asarray(folder.targets, dtype=np.int64)
-    _write_cache(cache, fingerprint, images, labels)
+    write_array_cache(cache, fingerprint, {"images": images, "labels": labels})
     return ImageArrays(images, labels, tuple(folder.classes))
 
 
@@ -178,25 +178,29 @@ def _decode_all(paths: list[str], image_size: int | None, root: Path) -> np.ndar
     return np.stack(arrays)
 
 
-def _read_cache(cache: Path, fingerprint: dict) -> tuple[np.ndarray, np.ndarray] | None:
+def read_array_cache(cache: Path, fingerprint: dict, names: tuple[str, ...] = ("images", "labels"),
+                     ) -> tuple[dict[str, np.ndarray], dict] | None:
+    """The arrays ``names`` cached in ``cache`` and its meta.json, or None when the cache is missing, corrupt
+    (a file's sha256 differs) or of other sources (``fingerprint`` differs)."""
     try:
         meta = json.loads((cache / "meta.json").read_text())
         if meta["fingerprint"] != fingerprint:
             return None
-        files = {name: cache / f"{name}.npy" for name in ("images", "labels")}
+        files = {name: cache / f"{name}.npy" for name in names}
         if any(sha256_file(files[n]) != meta["sha256"][n] for n in files):
             return None
-        return np.load(files["images"]), np.load(files["labels"])
+        return {n: np.load(f) for n, f in files.items()}, meta
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def _write_cache(cache: Path, fingerprint: dict, images: np.ndarray, labels: np.ndarray) -> None:
+def write_array_cache(cache: Path, fingerprint: dict, arrays: dict[str, np.ndarray], extra: dict | None = None) -> None:
+    """Write ``arrays`` as .npy files and a meta.json (fingerprint, their sha256, ``extra``), each atomically."""
     cache.mkdir(parents=True, exist_ok=True)
     digests = {}
-    for name, array in (("images", images), ("labels", labels)):
+    for name, array in arrays.items():
         path = cache / f"{name}.npy"
         atomic_write(path, lambda f, a=array: np.save(f, a))
         digests[name] = sha256_file(path)
-    meta = {"fingerprint": fingerprint, "sha256": digests}
+    meta = {"fingerprint": fingerprint, "sha256": digests, **(extra or {})}
     atomic_write(cache / "meta.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))

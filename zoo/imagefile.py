@@ -99,7 +99,7 @@ def draft_for(image: Image.Image, size: int) -> None:
 def decode_image(data: bytes, size: int, limits: ImageLimits = ImageLimits(), name: str = "image") -> np.ndarray:
     """One image file's bytes -> RGB uint8 ``(size, size, 3)`` (``image_to_array``: EXIF orientation applied,
     short side resized, centre crop), or ``ImageRejected`` naming ``name``, what was wrong and what to send."""
-    return _decode(data, size, limits, name)[0]
+    return decode_bytes(data, size, limits, name)[0]
 
 
 def decode_file(path: str, size: int, limits: ImageLimits = ImageLimits()) -> tuple[np.ndarray, tuple[int, int]]:
@@ -112,11 +112,12 @@ def decode_file(path: str, size: int, limits: ImageLimits = ImageLimits()) -> tu
         raise ImageRejected(f"{path} is {info.st_size} bytes, over the limit of {limits.max_file_bytes}",
                             too_large=True)
     with open(path, "rb") as f:
-        return _decode(f.read(limits.max_file_bytes + 1), size, limits, path)
+        return decode_bytes(f.read(limits.max_file_bytes + 1), size, limits, path)
 
 
-def _decode(data: bytes, size: int, limits: ImageLimits, name: str) -> tuple[np.ndarray, tuple[int, int]]:
-    """The decoded image and its declared (width, height), or ``ImageRejected``."""
+def decode_bytes(data: bytes, size: int, limits: ImageLimits = ImageLimits(),
+                 name: str = "image") -> tuple[np.ndarray, tuple[int, int]]:
+    """``decode_image``, and the image's own (width, height)."""
     if not data:
         raise ImageRejected(f"{name} is empty: send the bytes of a {FORMAT_NAMES} image")
     if len(data) > limits.max_file_bytes:

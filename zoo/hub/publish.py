@@ -64,6 +64,15 @@ def describe_protocol(name: str, protocol: dict[str, Any]) -> str:
     return f"{PROBE_NAMES.get(name, name)}: " + ", ".join(parts)
 
 
+def describe_data(data: dict[str, Any]) -> str:
+    """Your own images as a card names them: by image count, kind and the hash of the sorted file list, no paths."""
+    if not data or data.get("name") == "cifar10":
+        return "CIFAR-10"
+    labels = f", {data['classes']} classes" if data.get("classes") else ", no labels"
+    return (f"{data['images']:,} images of the trainer's own ({data['kind']}{labels}; sha256 of the sorted file list "
+            f"`{data['sha256'][:16]}`)")
+
+
 def render_card(run_dir: str | os.PathLike, repo_id: str, load_name: str | None = None,
                 figures: Iterable[str] = ()) -> ModelCard:
     """The model card (README.md) for a run, from ``model_cards/template.md``; ``load_name``: what the
@@ -75,13 +84,16 @@ def render_card(run_dir: str | os.PathLike, repo_id: str, load_name: str | None 
     results, method = info["results"], info["method"]
     protocols = results.get("protocol", {})
     probes = [(key, describe_protocol(key, protocols.get(key, {}))) for key in PROBE_NAMES if key in results]
+    own_data = info.get("dataset", "cifar10") != "cifar10"
     card_data = ModelCardData(
-        library_name="ssl-zoo", license="mit", pipeline_tag="image-feature-extraction", datasets=["cifar10"],
-        tags=["self-supervised", "image-feature-extraction", method, "resnet18", "cifar10", "ssl-zoo"],
-        model_name=repo_id.split("/")[-1],
-        eval_results=[EvalResult(task_type="image-classification", dataset_type="cifar10", dataset_name="CIFAR-10",
-                                 dataset_split="test", metric_type="accuracy", metric_name=label,
-                                 metric_value=round(results[key], 4)) for key, label in probes])
+        library_name="ssl-zoo", license="mit", pipeline_tag="image-feature-extraction",
+        datasets=None if own_data else ["cifar10"], model_name=repo_id.split("/")[-1],
+        tags=["self-supervised", "image-feature-extraction", method, "resnet18", *([] if own_data else ["cifar10"]),
+              "ssl-zoo"],
+        eval_results=None if own_data else [
+            EvalResult(task_type="image-classification", dataset_type="cifar10", dataset_name="CIFAR-10",
+                       dataset_split="test", metric_type="accuracy", metric_name=label,
+                       metric_value=round(results[key], 4)) for key, label in probes])
     with torch.device("meta"):
         feature_dim = Encoder(config).feature_dim
     training = public_training_config(info["training"])
@@ -89,7 +101,8 @@ def render_card(run_dir: str | os.PathLike, repo_id: str, load_name: str | None 
         card_data, template_path=str(TEMPLATE), model_name=repo_id.split("/")[-1], repo_id=repo_id,
         load_name=load_name or f"hf-hub:{repo_id}", method=method, method_title=info.get("method_title", method), epochs=info["epochs"], results=results,
         probes=probes, training=training, training_json=json.dumps(training, indent=2), config=config,
-        feature_dim=feature_dim, provenance=info.get("provenance", {}),
+        feature_dim=feature_dim, provenance=info.get("provenance", {}), own_data=own_data,
+        data_text=describe_data(info.get("data", {})),
         has_curves=(run_dir / CURVES).is_file(), figures=list(figures))
 
 

@@ -13,12 +13,13 @@ METRICS = "metrics.jsonl"  # one record per finished epoch
 CHECKPOINT = "checkpoint.safetensors"  # method with heads and target, optimiser, history (every epoch)
 RESULTS = "results.json"  # the final probes
 CURVES = "curves.png"
+UNUSABLE = "unusable_images.jsonl"  # --data files that could not be used, each with its reason (not published)
 EXPORT_FILES = (RESULTS, WEIGHTS_NAME, CONFIG_NAME)  # the final evaluation and export, config.json last
 RUN_FILES = (TRAIN_CONFIG, METRICS, CHECKPOINT, *EXPORT_FILES)
 PROVENANCE_FILES = (TRAIN_CONFIG, METRICS, RESULTS, CURVES)  # published beside the encoder
 LOCAL_KEYS = ("data", "device")  # machine-local settings: never published, left out of recorded commands
 __all__ = ["CHECKPOINT", "CONFIG_NAME", "CURVES", "EXPORT_FILES", "LOCAL_KEYS", "METRICS", "PROVENANCE_FILES",
-           "RESULTS", "RUN_FILES", "TRAIN_CONFIG", "WEIGHTS_NAME", "keep_previous_export", "local_flags",
+           "RESULTS", "RUN_FILES", "TRAIN_CONFIG", "UNUSABLE", "WEIGHTS_NAME", "keep_previous_export", "local_flags",
            "public_training_config"]
 
 

@@ -138,7 +138,7 @@ def _embed_shards(images: ImageList, encoder: Encoder, forward: Callable[[torch.
     spans = [range(i * shard_size, min((i + 1) * shard_size, n)) for i in pending]
     batches = [list(span[j:j + batch_size]) for span in spans for j in range(0, len(span), batch_size)]
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
-    loader = DataLoader(DecodeDataset(images.paths, encoder.config.input_size, limits), batch_sampler=batches,
+    loader = DataLoader(DecodeDataset(images, encoder.config.input_size, limits), batch_sampler=batches,
                         num_workers=workers, collate_fn=collate, pin_memory=device.startswith("cuda"),
                         worker_init_fn=partial(die_with_parent, os.getpid()))
     total = sum(len(span) for span in spans)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import os
+import tarfile
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageOps
 
 from ..io import atomic_write
+from .images import read_image_bytes
+
+TILE_MAX_BYTES = 64 * 2**20  # a neighbour's file larger than this is drawn as a grey tile
 
 
 def write_grid(queries: list[str | os.PathLike | Image.Image], results: list[list[dict[str, Any]]],
@@ -46,7 +51,7 @@ def _tile(image: str | os.PathLike | Image.Image, size: int) -> Image.Image:
     try:
         if isinstance(image, Image.Image):
             return ImageOps.fit(image.convert("RGB"), (size, size), Image.NEAREST)
-        with Image.open(image) as im:
+        with Image.open(io.BytesIO(read_image_bytes(os.fspath(image), TILE_MAX_BYTES))) as im:
             return ImageOps.fit(im.convert("RGB"), (size, size), Image.NEAREST)
-    except (OSError, ValueError):
+    except (OSError, ValueError, KeyError, tarfile.TarError):
         return Image.new("RGB", (size, size), (160, 160, 160))
