@@ -19,6 +19,7 @@ import zoo
 from conftest import CIFAR10_JPEG, REPO, needs_cifar10
 from test_serving import ServerProcess
 from training.config import build_config
+from training.data import load_train_data
 from training.loop import train
 from zoo.eval.labelfree import alignment, rankme, uniformity
 from zoo.hub.publish import publish, repo_files
@@ -169,8 +170,52 @@ def test_train_on_labelled_webdataset_shards_holds_images_out_for_knn_and_resume
     config = json.loads((out / "config.json").read_text())
     assert config["dataset"] == "own images" and config["data"]["kind"] == "webdataset"
     assert config["data"]["classes"] == 3 and config["data"]["images"] == 180
-    (out / "config.json").unlink()  # unfinished again: --resume would continue from the checkpoint
-    (out / "results.json").unlink()
-    sample_photos.write_shards(files[:150], tmp_path / "shards", per_shard=64, labels=labels)  # the same 3 shards
-    with pytest.raises(ValueError, match="not the ones the run started on"):
-        train(cfg, out, resume=True)
+    moved = tmp_path / "moved"
+    (tmp_path / "shards").rename(moved)  # the same images elsewhere: the same data set
+    again = build_config("byol", "smoke", None, {"data": str(moved / "{00000..00002}.tar"), "epochs": 1,
+                                                 "final_train_per_class": "all", "train_per_class": "all"})
+    for name in ("config.json", "results.json"):
+        (out / name).unlink()  # unfinished again: --resume continues from the checkpoint (and exports)
+    assert train(again, out, resume=True)["knn200"] == results["knn200"]
+    for name in ("config.json", "results.json"):
+        (out / name).unlink()
+    sample_photos.write_shards(files[::-1], moved, per_shard=64, labels=labels[::-1])  # same names, other pixels
+    with pytest.raises(ValueError, match="not the ones the run started on.*pixels_sha256"):
+        train(again, out, resume=True)
+
+
+def test_bad_layouts_get_clear_errors_and_a_batch_that_decodes_nothing_is_listed(photos, tmp_path, monkeypatch):
+    folder, files = photos
+    monkeypatch.setattr("zoo.retrieval.arrays.DECODE_BATCH", 2)  # the two unusable files sort first: a batch of them
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    for name in ("a0.jpg", "a1.jpg"):
+        (junk / name).write_text("garbage")
+    shutil.copyfile(files[0], junk / f"b{files[0].suffix}")
+    decoded = decode_collection(junk, 32, cache_dir=tmp_path, progress=False)
+    assert len(decoded) == 1 and [f["path"] for f in decoded.failures] == ["a0.jpg", "a1.jpg"]
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(str(f) for f in files[:5]))
+    with_bad_line = tmp_path / "list2.txt"
+    with_bad_line.write_text(listing.read_text() + "\n/etc/hostname\n")
+    one, two = (decode_collection(p, 32, cache_dir=tmp_path, progress=False) for p in (listing, with_bad_line))
+    assert one.source["sha256"] == two.source["sha256"] and len(two.failures) == 1  # unusable files change nothing
+    splits = tmp_path / "splits"
+    for split, chosen in (("train", files[:40]), ("test", files[40:60])):
+        for i, f in enumerate(chosen):
+            (splits / split / ("even" if i % 2 else "odd")).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, splits / split / ("even" if i % 2 else "odd") / f.name)
+    data = load_train_data(build_config("simclr", "smoke", None, {"data": str(splits), "train_per_class": "all"}))
+    assert data.monitor[0].classes == ("even", "odd") and len(data.images) == 40 and len(data.final[1]) == 20
+    lopsided = tmp_path / "lopsided"
+    for cls, chosen in (("big", files[:20]), ("small", files[20:23])):
+        (lopsided / cls).mkdir(parents=True)
+        for f in chosen:
+            shutil.copyfile(f, lopsided / cls / f.name)
+    with pytest.raises(ValueError, match="fewer than 2 classes have 5 images"):
+        load_train_data(build_config("simclr", "smoke", None, {"data": str(lopsided)}))
+    with pytest.raises(ValueError, match="SOURCE is empty"):
+        list_images("")
+    with pytest.raises(ValueError, match="compressed tar: decompress it"):
+        (tmp_path / "x.tar.gz").write_bytes(b"\x1f\x8b\x08\x00" + bytes(range(256)))
+        list_images(tmp_path / "x.tar.gz")

@@ -60,6 +60,13 @@ def is_cifar10(data: str | None) -> bool:
     return train.is_dir() and {p.name for p in train.iterdir() if p.is_dir()} == set(CIFAR10_CLASSES)
 
 
+def has_splits(data: str) -> bool:
+    """Whether ``--data`` is a folder of ``train/`` and ``test/`` folders (each ``<class>/<image>``)."""
+    root = Path(data).expanduser()
+    return root.is_dir() and {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")} == {
+        "train", "test"}
+
+
 def load_train_data(cfg: TrainConfig) -> TrainData:
     """The data of ``cfg``: CIFAR-10 (its train and test splits, per-class subsets as ``cfg`` says) or your own
     images (``cfg.data``), decoded at ``cfg.image_size``."""
@@ -69,6 +76,8 @@ def load_train_data(cfg: TrainConfig) -> TrainData:
         return TrainData(_cap(train, cfg.train_per_class).images,
                          (_cap(train, cfg.eval_train_per_class), _cap(test, cfg.eval_test_per_class)),
                          (_cap(train, cfg.final_train_per_class), test), {"name": CIFAR10}, [])
+    if has_splits(cfg.data):
+        return _own_splits(cfg)
     decoded = decode_collection(cfg.data, cfg.image_size)
     dataset = {"name": "own images", "image_size": cfg.image_size, **decoded.source}
     if decoded.labels is None:
@@ -80,12 +89,26 @@ def load_train_data(cfg: TrainConfig) -> TrainData:
         position[rows] = np.arange(len(rows))
     held_out = position % HOLD_OUT_EVERY == HOLD_OUT_EVERY - 1
     bank, test = _rows(data, ~held_out), _rows(data, held_out)
-    if not len(test):
-        raise ValueError(f"{cfg.data}: no class has {HOLD_OUT_EVERY} images, so none can be held out for the k-NN "
-                         "probes: give more images per class, or put them in one folder (no labels)")
+    if len(np.unique(test.labels)) < 2:
+        raise ValueError(f"{cfg.data}: fewer than 2 classes have {HOLD_OUT_EVERY} images, so the held-out images "
+                         "for the k-NN probes would all be of one class (any encoder scores 100 %): give at least "
+                         f"{HOLD_OUT_EVERY} images to two classes or more, or put the images in one folder (no labels)")
     return TrainData(_cap(bank, cfg.train_per_class).images, (_cap(bank, cfg.eval_train_per_class),
                      _cap(test, cfg.eval_test_per_class)), (_cap(bank, cfg.final_train_per_class), test), dataset,
                      decoded.failures)
+
+
+def _own_splits(cfg: TrainConfig) -> TrainData:
+    """A folder of ``train/<class>/`` and ``test/<class>/``: trained on train, probed on test (the same classes)."""
+    train, test = (decode_collection(Path(cfg.data).expanduser() / split, cfg.image_size) for split in ("train", "test"))
+    if train.classes is None or train.classes != test.classes:
+        raise ValueError(f"{cfg.data}: train/ and test/ must each hold the same class folders (<class>/<image>); "
+                         f"found {train.classes} and {test.classes}")
+    bank, held = (ImageArrays(d.images, d.labels, d.classes) for d in (train, test))
+    dataset = {"name": "own images", "image_size": cfg.image_size, **train.source, "test": test.source}
+    return TrainData(_cap(bank, cfg.train_per_class).images, (_cap(bank, cfg.eval_train_per_class),
+                     _cap(held, cfg.eval_test_per_class)), (_cap(bank, cfg.final_train_per_class), held), dataset,
+                     train.failures + test.failures)
 
 
 def _rows(data: ImageArrays, mask: np.ndarray) -> ImageArrays:

@@ -50,16 +50,20 @@ def check_same_run(saved: Any, cfg: TrainConfig, source: Path) -> None:
                          f"{cfg.method!r}: resume it with `ssl-zoo train {saved.get('method')} --resume`, or train "
                          f"{cfg.method} in another --out (nothing was changed)")
     saved = {**{f.name: f.default for f in fields(TrainConfig) if f.name not in saved}, **saved}
-    if saved != asdict(cfg):
-        changed = ", ".join(f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in asdict(cfg).items() if saved.get(k) != v)
+    current = asdict(cfg)
+    saved["data"] = current["data"]  # where the images are is the machine's business; check_same_data checks them
+    if saved != current:
+        changed = ", ".join(f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in current.items() if saved.get(k) != v)
         raise ValueError(f"--resume: the configuration differs from the run's ({source}): {changed}. Resume with "
                          f"the run's settings (--config {source.parent / TRAIN_CONFIG}), or train in another "
                          f"--out (nothing was changed)")
 
 
 def check_same_data(saved: dict[str, Any] | None, dataset: dict[str, Any], data: str | None) -> None:
-    """Refuse to resume a run on other images than it started on (the identity its checkpoint records)."""
-    if saved is not None and saved != dataset:
+    """Refuse to resume a run on other images than it started on (the identity its checkpoint records; a
+    checkpoint without one is from before ``--data`` took other images than CIFAR-10's)."""
+    saved = {"name": "cifar10"} if saved is None else saved
+    if saved != dataset:
         changed = ", ".join(f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in dataset.items() if saved.get(k) != v)
         raise ValueError(f"--resume: the images of --data {data} are not the ones the run started on ({changed}). "
                          f"Restore them, or train on the new ones in another --out (nothing was changed)")

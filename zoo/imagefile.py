@@ -27,6 +27,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # a camera's MPO opens through JPEG
 FORMAT_NAMES = "JPEG, PNG, WebP, GIF, BMP or TIFF"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")  # the file names of FORMATS
 _SOF_PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}
 _SOF = {0xC0, 0xC1, 0xC3, 0xC5, 0xC7, 0xC9, 0xCB, 0xCD, 0xCF} | _SOF_PROGRESSIVE
 _MARKER_AFTER_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7]")  # 0xFF00 is a stuffed byte, 0xFFD0-D7 restarts

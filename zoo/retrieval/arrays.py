@@ -62,7 +62,7 @@ def decode_collection(source: str | os.PathLike, size: int, *, cache_dir: str | 
     cached = read_array_cache(cache, fingerprint, ("images", "ok"))
     if cached is not None:
         arrays, meta = cached
-        return _result(listed, root, arrays["images"], arrays["ok"], meta["failures"], None)
+        return _result(listed, arrays["images"], arrays["ok"], meta["failures"], None)
     start = time.perf_counter()
     images, ok, failures = _decode(listed, size, limits, workers, progress)
     seconds = time.perf_counter() - start
@@ -74,7 +74,7 @@ def decode_collection(source: str | os.PathLike, size: int, *, cache_dir: str | 
         print(f"decoded {int(ok.sum()):,} images of {source} at {size}x{size} in {seconds:.1f} s "
               f"({len(ok) / seconds:,.0f} files/s), {len(failures)} unusable; cached in {cache}", file=sys.stderr,
               flush=True)
-    return _result(listed, root, images, ok, failures, seconds)
+    return _result(listed, images, ok, failures, seconds)
 
 
 def _root(paths: list[str]) -> str:
@@ -109,16 +109,19 @@ def _decode(listed: ImageList, size: int, limits: ImageLimits, workers: int | No
     with tqdm(total=n, unit="img", desc="decoding images", disable=not show, leave=False) as bar:
         for batch in loader:
             rows = batch.rows[batch.ok]
-            images[rows], ok[rows] = batch.images, True
+            if len(rows):  # a batch in which nothing decoded has no images to place
+                images[rows], ok[rows] = batch.images, True
             failures += [{"path": listed.paths[r], "reason": reason}
                          for r, good, reason in zip(batch.rows.tolist(), batch.ok, batch.reasons) if not good]
             bar.update(len(batch.rows))
     return images[ok], ok, failures
 
 
-def _result(listed: ImageList, root: str, images: np.ndarray, ok: np.ndarray, failures: list[dict[str, str]],
+def _result(listed: ImageList, images: np.ndarray, ok: np.ndarray, failures: list[dict[str, str]],
             seconds: float | None) -> DecodedImages:
-    files = [os.path.relpath(p, root) for p, good in zip(listed.paths, ok) if good]
+    used = [p for p, good in zip(listed.paths, ok) if good]
+    root = _root(used)  # the unusable files do not move it: the same images are the same data set
+    files = [os.path.relpath(p, root) for p in used]
     labels, classes = None, None
     if listed.labels is not None:
         kept = [label for label, good in zip(listed.labels, ok) if good]
@@ -126,6 +129,7 @@ def _result(listed: ImageList, root: str, images: np.ndarray, ok: np.ndarray, fa
         labels = np.searchsorted(np.asarray(classes), np.asarray(kept)).astype(np.int64)
     identity = {"kind": listed.kind, "images": len(files), "listed": len(listed.paths),
                 "sha256": hashlib.sha256(json.dumps(sorted(files)).encode()).hexdigest(),
+                "pixels_sha256": hashlib.sha256(images.tobytes()).hexdigest(),
                 "classes": len(classes) if classes else None}
     relative = [{"path": os.path.relpath(f["path"], root) if f["path"].startswith(root) else f["path"],
                  "reason": f["reason"]} for f in failures]

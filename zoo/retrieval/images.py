@@ -21,10 +21,9 @@ from pathlib import Path
 
 import numpy as np
 from torch.utils.data import Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ..data import CIFAR10_CLASSES, CIFAR10_COUNTS, DatasetError, cifar10_root
-from ..imagefile import ImageLimits, ImageRejected, decode_bytes, decode_file
+from ..imagefile import IMAGE_SUFFIXES, ImageLimits, ImageRejected, decode_bytes, decode_file
 from . import SPLIT_PREFIX, require
 
 
@@ -100,6 +99,9 @@ def list_images(source: str | os.PathLike, follow_symlinks: bool = True) -> Imag
     UTF-8 is left out of the list and reported in ``skipped``. Whether a listed file is a regular file is
     checked when it is read (``zoo.imagefile.decode_file``): a FIFO is refused there, never opened."""
     text = os.fspath(source)
+    if not text.strip():
+        raise ValueError("SOURCE is empty: give a folder of images, a text file of image paths, webdataset shards "
+                         f"(shards/{{00000..00009}}.tar) or {SPLIT_PREFIX}train / {SPLIT_PREFIX}test")
     if text.startswith(SPLIT_PREFIX):
         return _cifar10_split(text[len(SPLIT_PREFIX):])
     if is_tar_source(text):
@@ -134,12 +136,13 @@ def _tar_shards(pattern: str) -> ImageList:
             continue
         base = shard + "/"  # each member named <shard>.tar/<member> (TAR_SEPARATOR)
         for m in members:
-            if m.isfile() and m.name.lower().endswith(IMG_EXTENSIONS):
+            if m.isfile() and m.name.lower().endswith(IMAGE_SUFFIXES):
                 paths.append(base + m.name)
                 where.append((number, m.offset_data, m.size))
                 classes[base + m.name] = labels.get(m.name.rsplit(".", 1)[0])
     if not paths:
-        raise DatasetError(f"no image members ({', '.join(IMG_EXTENSIONS)}) in the shards of {pattern!r}")
+        why = f" ({skipped[0]['path']}: {skipped[0]['reason']})" if skipped else ""
+        raise DatasetError(f"no image members ({', '.join(IMAGE_SUFFIXES)}) in the shards of {pattern!r}{why}")
     array = np.asarray(where, np.int64)
     members = TarMembers(tuple(shards), array[:, 0], array[:, 1], array[:, 2])
     labels = [classes[p] for p in paths]
@@ -153,7 +156,10 @@ def _class_text(tar: tarfile.TarFile, member: tarfile.TarInfo) -> str | None:
     if member.size > 64:
         return None
     tar.fileobj.seek(member.offset_data)
-    return tar.fileobj.read(member.size).decode("utf-8", "replace").strip() or None
+    try:
+        return tar.fileobj.read(member.size).decode("utf-8").strip() or None
+    except UnicodeDecodeError:
+        return None  # not text: no label
 
 
 def _folder(root: Path, kind: str = "folder", follow_symlinks: bool = True) -> ImageList:
@@ -168,7 +174,7 @@ def _folder(root: Path, kind: str = "folder", follow_symlinks: bool = True) -> I
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         parts = Path(dirpath).relative_to(root).parts
         for name in filenames:
-            if name.startswith(".") or not name.lower().endswith(IMG_EXTENSIONS):
+            if name.startswith(".") or not name.lower().endswith(IMAGE_SUFFIXES):
                 continue
             full = os.path.join(dirpath, name)
             if not follow_symlinks and os.path.islink(full):
@@ -179,10 +185,16 @@ def _folder(root: Path, kind: str = "folder", follow_symlinks: bool = True) -> I
                 continue
             found.append((*parts, name))
     if not found:
-        raise DatasetError(f"no image files ({', '.join(IMG_EXTENSIONS)}) under {root}")
+        hint = (f"; it holds .tar files: give webdataset shards as a pattern, e.g. '{root}/{{00000..00009}}.tar'"
+                if any(root.glob("*.tar")) else "")
+        raise DatasetError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {root}{hint}")
     found.sort()  # by path components, so images sort by class first, as in ImageFolder
     paths = [str(root.joinpath(*parts)) for parts in found]
     if not all(len(parts) > 1 for parts in found):
+        loose = [os.path.join(*parts) for parts in found if len(parts) == 1]
+        if len(loose) < len(found):  # some in class folders, some not: say why there are no labels
+            print(f"{root}: no labels, since {len(loose)} of {len(found)} images lie outside a class folder (first: "
+                  f"{loose[0]}); move them into one to use the sub-folders as labels", file=sys.stderr, flush=True)
         return ImageList(paths, kind=kind, skipped=tuple(skipped))
     labels = [parts[0] for parts in found]
     return ImageList(paths, labels, kind, tuple(sorted(set(labels))), tuple(skipped))
@@ -201,8 +213,12 @@ def _text_list(path: Path) -> ImageList:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:
-        raise ValueError(f"SOURCE {path} is not a text file of paths (one per line): give a folder of images, "
-                         f"a text file of paths or {SPLIT_PREFIX}train / {SPLIT_PREFIX}test") from None
+        what = ("a compressed tar: decompress it to .tar (shards are read in place, uncompressed)"
+                if path.name.endswith((".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")) else
+                "an image: give the folder that holds it" if path.name.lower().endswith(IMAGE_SUFFIXES) else
+                "not a text file of paths (one per line)")
+        raise ValueError(f"SOURCE {path} is {what}; SOURCE is a folder of images, a text file of paths, webdataset "
+                         f"shards (shards/{{00000..00009}}.tar) or {SPLIT_PREFIX}train / {SPLIT_PREFIX}test") from None
     base = path.parent
     paths = [os.path.abspath(base / Path(line.strip()).expanduser()) for line in lines if line.strip()]
     if not paths:
