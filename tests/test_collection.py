@@ -205,7 +205,7 @@ def test_sources_and_bad_arguments_get_clear_errors(model_dir, tmp_path, capsys)
     with pytest.raises(DatasetError, match="no image files"):
         list_images(tmp_path / "empty")
     Image.new("RGB", (8, 8)).save(tmp_path / "one.png")
-    with pytest.raises(ValueError, match="not a text file of paths"):
+    with pytest.raises(ValueError, match="is an image: give the folder that holds it"):
         list_images(tmp_path / "one.png")
     flat = list_images(tmp_path)  # an image directly in the root: no ImageFolder labels
     assert flat.labels is None and flat.paths == [str(tmp_path / "one.png")]
