@@ -20,6 +20,7 @@ from conftest import CIFAR10_JPEG, REPO, needs_cifar10
 from test_serving import ServerProcess
 from training.config import build_config
 from training.data import load_train_data
+from training.resume import IDENTITY_KEYS
 from training.loop import train
 from zoo.eval.labelfree import alignment, rankme, uniformity
 from zoo.hub.publish import publish, repo_files
@@ -97,9 +98,11 @@ def test_photos_of_any_size_decode_once_and_unusable_files_are_listed(photos, tm
     assert decoded.files[0] == files[0].name  # sorted, relative names
     assert np.array_equal(decoded.images[0], decode_file(str(files[0]), 64)[0])  # decoded as the server decodes
     (folder / files[0].name).write_bytes(files[2].read_bytes())  # a changed file rebuilds the cache
-    changed = decode_collection(folder, 64, cache_dir=tmp_path, progress=False)
+    try:
+        changed = decode_collection(folder, 64, cache_dir=tmp_path, progress=False)
+    finally:
+        (folder / files[0].name).write_bytes(files[0].read_bytes())  # the module's photographs as they were
     assert changed.decode_seconds is not None and np.array_equal(changed.images[0], decode_file(str(files[2]), 64)[0])
-    (folder / files[0].name).write_bytes(files[0].read_bytes())
 
 
 def test_webdataset_shards_are_read_in_place_with_their_labels(photos, tmp_path):
@@ -128,7 +131,7 @@ def test_train_on_unlabeled_photos_records_rankme_publishes_a_card_and_serves(ph
     unusable = [json.loads(line) for line in (out / "unusable_images.jsonl").read_text().splitlines()]
     assert sorted(u["path"] for u in unusable) == ["notes.png", "truncated.jpg"]
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert all(r["rankme"] > 1 and "knn_accuracy" not in r and -4 <= r["uniformity"] <= 0 for r in history)
+    assert all(1 < r["rankme"] <= 64 and "knn_accuracy" not in r for r in history)  # width 8: 64-d features
     results = json.loads((out / "results.json").read_text())
     assert "knn200" not in results and results["protocol"]["label_free"]["images"] == 240
     encoder = zoo.load(str(out))
@@ -185,7 +188,7 @@ def test_train_on_labelled_webdataset_shards_holds_images_out_for_knn_and_resume
 
 
 def test_bad_layouts_get_clear_errors_and_a_batch_that_decodes_nothing_is_listed(photos, tmp_path, monkeypatch):
-    folder, files = photos
+    _, files = photos
     monkeypatch.setattr("zoo.retrieval.arrays.DECODE_BATCH", 2)  # the two unusable files sort first: a batch of them
     junk = tmp_path / "junk"
     junk.mkdir()
@@ -199,7 +202,7 @@ def test_bad_layouts_get_clear_errors_and_a_batch_that_decodes_nothing_is_listed
     with_bad_line = tmp_path / "list2.txt"
     with_bad_line.write_text(listing.read_text() + "\n/etc/hostname\n")
     one, two = (decode_collection(p, 32, cache_dir=tmp_path, progress=False) for p in (listing, with_bad_line))
-    assert one.source["sha256"] == two.source["sha256"] and len(two.failures) == 1  # unusable files change nothing
+    assert len(two.failures) == 1 and all(one.source[k] == two.source[k] for k in IDENTITY_KEYS if k in one.source)
     splits = tmp_path / "splits"
     for split, chosen in (("train", files[:40]), ("test", files[40:60])):
         for i, f in enumerate(chosen):

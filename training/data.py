@@ -45,7 +45,7 @@ class TrainData:
         training images) and two augmented views of the first of them, the same at every epoch."""
         count, pairs = self.label_free_sizes(stage)
         order = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(seed))[:count].numpy()
-        sample = self.images[np.sort(order)]
+        sample = self.images[order]  # in random order: the pairs and uniformity's rows, taken first, are unbiased
         augment = BatchAugment(AugmentConfig(size=image_size))
         generator = torch.Generator().manual_seed(seed)
         first = torch.from_numpy(sample[:pairs])
@@ -73,9 +73,9 @@ def load_train_data(cfg: TrainConfig) -> TrainData:
     if is_cifar10(cfg.data):
         root = None if cfg.data in (None, CIFAR10) else cfg.data
         train, test = (_resized(load_cifar10(split, root), cfg.image_size) for split in ("train", "test"))
-        return TrainData(_cap(train, cfg.train_per_class).images,
-                         (_cap(train, cfg.eval_train_per_class), _cap(test, cfg.eval_test_per_class)),
-                         (_cap(train, cfg.final_train_per_class), test), {"name": CIFAR10}, [])
+        return TrainData(_subset(train, cfg.train_per_class).images,
+                         (_subset(train, cfg.eval_train_per_class), _subset(test, cfg.eval_test_per_class)),
+                         (_subset(train, cfg.final_train_per_class), test), {"name": CIFAR10}, [])
     if has_splits(cfg.data):
         return _own_splits(cfg)
     decoded = decode_collection(cfg.data, cfg.image_size)
@@ -113,6 +113,11 @@ def _own_splits(cfg: TrainConfig) -> TrainData:
 
 def _rows(data: ImageArrays, mask: np.ndarray) -> ImageArrays:
     return ImageArrays(data.images[mask], data.labels[mask], data.classes)
+
+
+def _subset(data: ImageArrays, per_class: int | None) -> ImageArrays:
+    """CIFAR-10's balanced subset of ``per_class`` images per class (an error past a class's size; None: all)."""
+    return data.per_class(per_class) if per_class else data
 
 
 def _cap(data: ImageArrays, per_class: int | None) -> ImageArrays:

@@ -26,9 +26,9 @@ CLASSES = len(CIFAR10_CLASSES)
 TRAIN_PER_CLASS = CIFAR10_COUNTS["train"] // CLASSES
 
 
-def images(per_class: int | None, full: int = TRAIN_PER_CLASS) -> int:
+def images(per_class: int | None) -> int:
     """Images of a CIFAR-10 subset of ``per_class`` images per class (None: the whole split)."""
-    return CLASSES * (per_class or full)
+    return CLASSES * (per_class or TRAIN_PER_CLASS)
 
 
 def steps_per_epoch(cfg: TrainConfig, num_images: int | None = None) -> int:

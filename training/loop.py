@@ -17,18 +17,35 @@ from tqdm.auto import tqdm
 
 import zoo
 from zoo import Encoder, EncoderConfig, build_encoder
-from zoo.hub.rundir import (CHECKPOINT, EXPORT_FILES, METRICS, RESULTS, TRAIN_CONFIG, UNUSABLE, keep_previous_export,
-                            local_flags, public_training_config)
-from zoo.io import write_json, write_jsonl
 from zoo.eval.labelfree import label_free
 from zoo.eval.probes import evaluate
+from zoo.hub.rundir import (
+    CHECKPOINT,
+    EXPORT_FILES,
+    METRICS,
+    RESULTS,
+    TRAIN_CONFIG,
+    UNUSABLE,
+    keep_previous_export,
+    local_flags,
+    public_training_config,
+)
+from zoo.io import write_json, write_jsonl
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import TrainData, load_train_data
 from .distributed import DistEnv, all_reduce_sum, convert_batchnorm, init_distributed
-from .estimate import (DataSizes, emulated_bf16_warning, epoch_flops, long_run_warning, measure_eval_images_per_s,
-                       measure_step_seconds, project, start_report)
+from .estimate import (
+    DataSizes,
+    emulated_bf16_warning,
+    epoch_flops,
+    long_run_warning,
+    measure_eval_images_per_s,
+    measure_step_seconds,
+    project,
+    start_report,
+)
 from .hardware import resolve_precision
 from .methods import METHODS, SSLMethod
 from .optim import build_optimizer, lr_at
@@ -106,7 +123,11 @@ def _start(cfg: TrainConfig, out: Path, env: DistEnv, state: str, re_export: boo
     """Load the data, build the method (seeded), announce the projected run time, restore a checkpoint on
     resume and write the run directory's records; every rank builds the same, only rank 0 writes."""
     resume = state != "new"
+    if not env.is_main:
+        torch.distributed.barrier()  # rank 0 decodes your own images into the cache first; the others read it
     data = load_train_data(cfg)
+    if env.is_main and env.world_size > 1:
+        torch.distributed.barrier()
     images = torch.from_numpy(data.images).to(env.device)
     _check_batching(len(images), cfg, env.world_size)
     torch.manual_seed(cfg.seed)

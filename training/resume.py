@@ -59,12 +59,15 @@ def check_same_run(saved: Any, cfg: TrainConfig, source: Path) -> None:
                          f"--out (nothing was changed)")
 
 
+IDENTITY_KEYS = ("name", "image_size", "images", "sha256", "pixels_sha256", "classes")  # not how they were given
+
+
 def check_same_data(saved: dict[str, Any] | None, dataset: dict[str, Any], data: str | None) -> None:
     """Refuse to resume a run on other images than it started on (the identity its checkpoint records; a
     checkpoint without one is from before ``--data`` took other images than CIFAR-10's)."""
     saved = {"name": "cifar10"} if saved is None else saved
-    if saved != dataset:
-        changed = ", ".join(f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in dataset.items() if saved.get(k) != v)
+    if changed := ", ".join(f"{k}: {saved.get(k)!r} -> {dataset.get(k)!r}" for k in IDENTITY_KEYS
+                            if saved.get(k) != dataset.get(k)):
         raise ValueError(f"--resume: the images of --data {data} are not the ones the run started on ({changed}). "
                          f"Restore them, or train on the new ones in another --out (nothing was changed)")
 

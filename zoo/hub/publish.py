@@ -66,7 +66,7 @@ def describe_protocol(name: str, protocol: dict[str, Any]) -> str:
 
 def describe_data(data: dict[str, Any]) -> str:
     """Your own images as a card names them: by image count, kind and the hash of the sorted file list, no paths."""
-    if not data or data.get("name") == "cifar10":
+    if not data or data["name"] == "cifar10":
         return "CIFAR-10"
     labels = f", {data['classes']} classes" if data.get("classes") else ", no labels"
     return (f"{data['images']:,} images of the trainer's own ({data['kind']}{labels}; sha256 of the sorted file list "
@@ -102,7 +102,7 @@ def render_card(run_dir: str | os.PathLike, repo_id: str, load_name: str | None 
         load_name=load_name or f"hf-hub:{repo_id}", method=method, method_title=info.get("method_title", method), epochs=info["epochs"], results=results,
         probes=probes, training=training, training_json=json.dumps(training, indent=2), config=config,
         feature_dim=feature_dim, provenance=info.get("provenance", {}), own_data=own_data,
-        data_text=describe_data(info.get("data", {})),
+        data=info.get("data", {}), data_text=describe_data(info.get("data", {})),
         has_curves=(run_dir / CURVES).is_file(), figures=list(figures))
 
 

@@ -114,7 +114,7 @@ def _decode(listed: ImageList, size: int, limits: ImageLimits, workers: int | No
             failures += [{"path": listed.paths[r], "reason": reason}
                          for r, good, reason in zip(batch.rows.tolist(), batch.ok, batch.reasons) if not good]
             bar.update(len(batch.rows))
-    return images[ok], ok, failures
+    return (images if ok.all() else images[ok]), ok, failures
 
 
 def _result(listed: ImageList, images: np.ndarray, ok: np.ndarray, failures: list[dict[str, str]],
@@ -129,8 +129,8 @@ def _result(listed: ImageList, images: np.ndarray, ok: np.ndarray, failures: lis
         labels = np.searchsorted(np.asarray(classes), np.asarray(kept)).astype(np.int64)
     identity = {"kind": listed.kind, "images": len(files), "listed": len(listed.paths),
                 "sha256": hashlib.sha256(json.dumps(sorted(files)).encode()).hexdigest(),
-                "pixels_sha256": hashlib.sha256(images.tobytes()).hexdigest(),
+                "pixels_sha256": hashlib.sha256(memoryview(np.ascontiguousarray(images))).hexdigest(),
                 "classes": len(classes) if classes else None}
-    relative = [{"path": os.path.relpath(f["path"], root) if f["path"].startswith(root) else f["path"],
+    relative = [{"path": os.path.relpath(f["path"], root) if f["path"].startswith(root + os.sep) else f["path"],
                  "reason": f["reason"]} for f in failures]
     return DecodedImages(images, labels, classes, files, relative, identity, seconds)

@@ -17,13 +17,20 @@ import signal
 import sys
 import tarfile
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from torch.utils.data import Dataset
 
 from ..data import CIFAR10_CLASSES, CIFAR10_COUNTS, DatasetError, cifar10_root
-from ..imagefile import IMAGE_SUFFIXES, ImageLimits, ImageRejected, decode_bytes, decode_file
+from ..imagefile import (
+    IMAGE_SUFFIXES,
+    ImageLimits,
+    ImageRejected,
+    decode_bytes,
+    decode_file,
+)
 from . import SPLIT_PREFIX, require
 
 
@@ -76,15 +83,23 @@ def read_image_bytes(path: str, max_bytes: int) -> bytes:
     ``OSError`` when it is neither or is larger than ``max_bytes``."""
     shard, sep, member = path.rpartition(TAR_SEPARATOR)
     if sep and os.path.isfile(shard + ".tar"):
-        with tarfile.open(shard + ".tar", "r:") as tar:
-            info = tar.getmember(member)  # KeyError when absent
-            if not info.isfile() or info.size > max_bytes:
-                raise OSError(f"{member} in {shard}.tar is not a file of at most {max_bytes} bytes")
-            return tar.extractfile(info).read()
+        offset, size = _tar_index(shard + ".tar", os.stat(shard + ".tar").st_mtime_ns)[member]  # KeyError: absent
+        if size > max_bytes:
+            raise OSError(f"{member} in {shard}.tar is over {max_bytes} bytes")
+        with open(shard + ".tar", "rb") as f:
+            f.seek(offset)
+            return f.read(size)
     if not os.path.isfile(path) or os.path.getsize(path) > max_bytes:
         raise OSError(f"not a regular file of at most {max_bytes} bytes")
     with open(path, "rb") as f:
         return f.read()
+
+
+@lru_cache(maxsize=32)
+def _tar_index(shard: str, mtime_ns: int) -> dict[str, tuple[int, int]]:
+    """Each file member's (offset, size) in ``shard``, read once per shard and modification time."""
+    with tarfile.open(shard, "r:") as tar:
+        return {m.name: (m.offset_data, m.size) for m in tar.getmembers() if m.isfile()}
 
 
 def list_images(source: str | os.PathLike, follow_symlinks: bool = True) -> ImageList:
@@ -147,6 +162,9 @@ def _tar_shards(pattern: str) -> ImageList:
     members = TarMembers(tuple(shards), array[:, 0], array[:, 1], array[:, 2])
     labels = [classes[p] for p in paths]
     if any(label is None for label in labels):
+        if (unlabelled := sum(label is None for label in labels)) < len(labels):
+            print(f"{pattern}: no labels, since {unlabelled} of {len(labels)} images have no text .cls member",
+                  file=sys.stderr, flush=True)
         return ImageList(paths, kind="webdataset", skipped=tuple(skipped), members=members)
     return ImageList(paths, labels, "webdataset", tuple(sorted(set(labels))), tuple(skipped), members)
 
