@@ -66,7 +66,8 @@ def main() -> None:
             rho = spearmanr([r["rankme"] for r in group], [r["weighted_knn"] for r in group])[0]
             summary.append({"group": f"{method} only", "encoders": len(group), "spearman": round(float(rho), 3)})
     notes = (f"Weighted k-NN (k=200, T=0.1, cosine, L2-normalised) with a bank of {BANK} and {TEST} test images per "
-             f"class; RankMe of the raw features of {SAMPLE} CIFAR-10 training images (seed 0), eval mode.")
+             f"class; RankMe of the raw features of {SAMPLE} CIFAR-10 training images (seed 0), eval mode. The rows "
+             f"'epochs of RUN' take both from that run's own per-epoch monitor (its metrics.jsonl).")
     print(write_report("rankme_vs_knn", "RankMe against weighted k-NN, per encoder", rows, notes))
     print(write_report("rankme_vs_knn_spearman", "Spearman correlation of RankMe with weighted k-NN",
                        summary + [{"group": f"epochs of {r['run']}", "encoders": r["epochs"], "spearman": r["spearman"]}
