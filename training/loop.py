@@ -372,7 +372,7 @@ def _plot_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
     if "knn_accuracy" in history[-1]:
         panels.append(("knn_accuracy", "k-NN accuracy (%)", "k-NN (k=5, eval subset)", "tab:green"))
     if "rankme" in history[-1]:
-        panels.append(("rankme", "RankMe (effective rank)", "RankMe (no labels)", "tab:purple"))
+        panels.append(("rankme", "RankMe (effective rank)", "RankMe (label-free)", "tab:purple"))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4), squeeze=False)
     for ax, (key, label, name, color) in zip(axes[0], panels):
         scale = 100 if key == "knn_accuracy" else 1
