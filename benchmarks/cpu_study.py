@@ -39,6 +39,7 @@ ADAMW = {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-6}
 TODAY = {"simclr": {**SGD, "temperature": 0.2}, "byol": SGD, "barlowtwins": {**ADAMW, "proj_out": 1024},
          "vicreg": {**ADAMW, "proj_out": 1024}}
 MULTICROP = {"local_crops": 4, "local_size": 16}
+B128_SGD, B128_ADAMW = {"batch_size": 128, "lr": 0.06}, {"batch_size": 128, "lr": 1.4e-3}  # 2x the steps
 PROGRESSIVE = {"progressive_size": 16, "progressive_epochs": "0.7", "bn_recalibrate": True}  # epochs: a fraction
 
 # (name, method, the idea's options on top of today's recipe, what it tests)
@@ -46,16 +47,20 @@ CONFIGS: list[tuple[str, str, dict, str]] = [
     ("simclr-today", "simclr", {}, "today's cpu recipe"),
     ("simclr-multicrop", "simclr", MULTICROP, "2x32 px + 4x16 px local crops, each against both global views"),
     ("simclr-progressive", "simclr", PROGRESSIVE, "16 -> 32 px over 70 % of the epochs, BatchNorm recalibrated"),
-    ("simclr-b128", "simclr", {"batch_size": 128, "lr": 0.06}, "batch 128, lr scaled linearly"),
+    ("simclr-b128", "simclr", B128_SGD, "batch 128, lr scaled linearly"),
     ("simclr-t0.15-lr0.3", "simclr", {"temperature": 0.15, "lr": 0.3}, "temperature 0.15, higher lr"),
+    ("simclr-b128-progressive", "simclr", {**B128_SGD, **PROGRESSIVE}, "batch 128 + progressive resolution"),
     ("byol-today", "byol", {}, "today's cpu recipe"),
     ("byol-cosine-ema", "byol", {"ema_schedule": "cosine"}, "target momentum 0.99 -> 1 on a cosine"),
+    ("byol-b128", "byol", B128_SGD, "batch 128, lr scaled linearly"),
     ("byol-multicrop", "byol", {**MULTICROP, "ema_schedule": "cosine"}, "cosine momentum + multi-crop"),
     ("barlowtwins-today", "barlowtwins", {}, "today's cpu recipe"),
     ("barlowtwins-2048-inv-d", "barlowtwins", {"proj_hidden": 2048, "proj_out": 2048, "alpha": 1 / 2048},
      "2048-d projector, lambda = 1/d"),
+    ("barlowtwins-b128", "barlowtwins", B128_ADAMW, "batch 128, AdamW lr scaled by the square root"),
     ("barlowtwins-multicrop", "barlowtwins", MULTICROP, "multi-crop"),
     ("vicreg-adamw", "vicreg", {}, "VICReg with Barlow Twins' CPU settings"),
+    ("vicreg-b128", "vicreg", B128_ADAMW, "batch 128, AdamW lr scaled by the square root"),
     ("vicreg-multicrop", "vicreg", MULTICROP, "VICReg + multi-crop"),
 ]
 
@@ -86,11 +91,17 @@ def budget_flops() -> int:
 
 
 def epochs_for(method: str, options: dict, target: float) -> int:
-    """The number of epochs whose training FLOPs come closest to ``target``."""
-    per_epoch = flops_of(method, config_for(method, {**options, "progressive_epochs": 0}, 1))
-    guess = max(1, round(target / per_epoch))
-    candidates = range(max(1, guess - 1), guess + 2)
-    return min(candidates, key=lambda e: abs(flops_of(method, config_for(method, options, e)) - target))
+    """The number of epochs whose training FLOPs come closest to ``target`` (low-resolution epochs are
+    cheaper, so a progressive run gets more epochs)."""
+    def flops(epochs: int) -> int:
+        return flops_of(method, config_for(method, options, epochs))
+
+    full_resolution = flops_of(method, config_for(method, {**options, "progressive_epochs": 0}, 1))
+    low, high = max(1, int(target / full_resolution)), int(4 * target / full_resolution) + 1  # a 16-px epoch: 1/4
+    while high - low > 1:  # bisect: the most epochs within target lie in [low, high)
+        middle = (low + high) // 2
+        low, high = (middle, high) if flops(middle) <= target else (low, middle)
+    return min((low, low + 1), key=lambda e: abs(flops(e) - target))
 
 
 def run_config(name: str, method: str, values: dict, runs: Path) -> Path:

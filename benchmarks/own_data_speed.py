@@ -24,7 +24,7 @@ import sample_photos
 from report import write_report
 from training.config import build_config
 from training.data import _resized
-from training.hardware import resolve_precision
+from training.hardware import memory_format, resolve_precision
 from training.loop import build_method, train_step
 from training.optim import build_optimizer
 from training.views import ViewMaker
@@ -65,9 +65,9 @@ def views_per_s(images: np.ndarray, size: int, batch: int) -> float:
     torch.manual_seed(0)
     method, _ = build_method(cfg)
     precision = resolve_precision("auto", torch.device("cpu"))
-    memory_format = torch.channels_last if precision == "bf16" else torch.contiguous_format
-    method.to(memory_format=memory_format)
-    optimizer, make_views = build_optimizer(method, cfg), ViewMaker(cfg, memory_format)
+    fmt = memory_format(precision, torch.device("cpu"))
+    method.to(memory_format=fmt)
+    optimizer, make_views = build_optimizer(method, cfg), ViewMaker(cfg, fmt)
     autocast = torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16")
     data, generator = torch.from_numpy(images), torch.Generator().manual_seed(0)
     order = torch.randperm(len(data), generator=generator)

@@ -33,8 +33,9 @@ class TrainConfig:
     values (``METHODS[method].recipe`` and ``.options()``). ``*_per_class`` of ``None`` (or
     ``"all"``) means the full CIFAR-10 split. ``shuffle``/``drop_last``: a fresh data order every
     epoch and no partial last batch (the notebook: neither). ``precision``: ``auto`` is bf16
-    autocast + channels_last on CUDA and on CPUs with native bf16 (AVX512-BF16 or AMX), fp32 on
-    other CPUs (where bf16 is emulated and about 10x slower); ``bf16`` and ``fp32`` force one.
+    autocast on CUDA and on CPUs with native bf16 (AVX512-BF16 or AMX), fp32 on other CPUs (where
+    bf16 is emulated and about 10x slower); ``bf16`` and ``fp32`` force one. The step runs channels_last
+    in bf16 (``hardware.memory_format``).
     """
 
     method: str = "simclr"
@@ -74,9 +75,10 @@ class TrainConfig:
                                              "(the test set is always whole)")
     seed: int = _doc(0, "seed of initialisation, data order and augmentation")
     device: str = _doc("auto", "auto|cpu|cuda|cuda:N (auto: cuda when available)")
-    precision: str = _doc("auto", "auto: bf16 autocast + channels_last on CUDA and on CPUs with native bf16 "
+    precision: str = _doc("auto", "auto: bf16 autocast on CUDA and on CPUs with native bf16 "
                           "(AVX512-BF16 or AMX: 2-3x fp32), fp32 on other CPUs (bf16 emulated there: ~10x slower)")
-    compile: bool = _doc(False, "torch.compile the training step")
+    compile: bool = _doc(False, "torch.compile the training step (on 2 CPU cores: no faster than eager, a minute "
+                         "to compile; benchmarks/cpu_kernels.py)")
     log_every: int = _doc(20, "steps between loss read-backs (divergence check, progress bar)")
     data: str | None = _doc(None, "what to train on: cifar10 (unset: $SSL_ZOO_DATA, the ../shared copy, or a "
                             "download) or a CIFAR-10 root; or your own images: a folder (first-level sub-folders "
@@ -144,6 +146,12 @@ def _option_value(method: str, name: str, value: Any, seed_value: Any) -> Any:
     return type(seed_value)(value)
 
 
+# The CPU presets' network, optimiser and evaluation (SGD as lightly's CIFAR-10 benchmarks), and their AdamW.
+CPU_NETWORK = {"width": 16, "optimizer": "sgd", "weight_decay": 5e-4, "schedule": "step-warmup-cosine",
+               "warmup_epochs": 1, "proj_hidden": 1024, "train_per_class": "all", "eval_train_per_class": 500,
+               "eval_test_per_class": 200, "final_train_per_class": "all", "log_every": 50}
+CPU_ADAMW = {"optimizer": "adamw", "weight_decay": 1e-6, "proj_out": 1024}
+
 # Method-agnostic scalings of the seed recipe; what a preset leaves out is the method's own (METHODS).
 PRESETS: dict[str, dict[str, Any]] = {
     # The notebook: full CIFAR-10, ResNet-18, 50 epochs, batch 256, each method's recipe. Needs a GPU.
@@ -151,14 +159,19 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The zoo's CPU recipe (the `.cpu` registry tags): at most 100 minutes per method on 2 CPU cores, chosen by
     # benchmarks/cpu_study.py (SGD as lightly's CIFAR-10 benchmarks; SimCLR temperature 0.2: +4.2 points at 3 epochs;
     # Barlow Twins with AdamW: +8.9 points at 3 epochs, +1.0 at its full 50 epochs).
-    "cpu": {"width": 16, "batch_size": 256, "optimizer": "sgd", "lr": 0.12, "weight_decay": 5e-4,
-            "schedule": "step-warmup-cosine", "warmup_epochs": 1, "proj_hidden": 1024,
-            "train_per_class": "all", "eval_train_per_class": 500, "eval_test_per_class": 200,
-            "final_train_per_class": "all", "log_every": 50,
+    "cpu": {**CPU_NETWORK, "batch_size": 256, "lr": 0.12,
             "methods": {"simclr": {"epochs": 50, "method_options": {"temperature": 0.2}},
                         "byol": {"epochs": 40},
-                        "barlowtwins": {"epochs": 50, "proj_out": 1024, "optimizer": "adamw", "lr": 2e-3,
-                                        "weight_decay": 1e-6}}},
+                        "barlowtwins": {"epochs": 50, **CPU_ADAMW, "lr": 2e-3}}},
+    # The `.cpu2` tags' recipe, chosen by the short-schedule study (benchmarks/cpu_study.py): batch 128 with the
+    # lr scaled (linearly for SGD, by the square root for AdamW): at a tenth of the budget +2.0 / +2.3 / +0.3 / +0.2
+    # points of weighted k-NN for SimCLR / BYOL / Barlow Twins / VICReg, the only idea not worse for any method;
+    # epochs fill the budget of 1.5x simclr-cifar10.cpu's training FLOPs (1.58 PFLOP).
+    "cpu2": {**CPU_NETWORK, "batch_size": 128, "lr": 0.06,
+             "methods": {"simclr": {"epochs": 75, "method_options": {"temperature": 0.2}},
+                         "byol": {"epochs": 56},
+                         "barlowtwins": {"epochs": 72, **CPU_ADAMW, "lr": 1.4e-3},
+                         "vicreg": {"epochs": 71, **CPU_ADAMW, "lr": 1.4e-3}}},
     # Proves learning on 2 CPU cores in about 10 minutes per method (benchmarks/presets.py).
     "quick": {"width": 16, "train_per_class": 500, "epochs": 15, "batch_size": 128, "proj_hidden": 512,
             "lr": 2e-3, "weight_decay": 1e-6, "schedule": "step-warmup-cosine", "warmup_epochs": 1,

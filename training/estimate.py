@@ -18,9 +18,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from zoo.data import CIFAR10_CLASSES, CIFAR10_COUNTS
 
 from .config import TrainConfig
-from .hardware import cpu_summary, native_bf16
+from .hardware import cpu_summary, memory_format, native_bf16
 
-WARN_MINUTES = 120.0  # longer than this on a CPU: a run meant for a GPU
+WARN_MINUTES = 240.0  # longer than this on a CPU: a run meant for a GPU (--preset cpu2: 2-3 h with native bf16)
 TIMED_STEPS, TIMING_BUDGET_S = 3, 20.0  # after one warm-up step: up to 3 steps, stopping once 20 s have passed
 CLASSES = len(CIFAR10_CLASSES)
 TRAIN_PER_CLASS = CIFAR10_COUNTS["train"] // CLASSES
@@ -119,9 +119,9 @@ def measure_step_seconds(method: torch.nn.Module, cfg: TrainConfig, device: torc
     side = cfg.image_size
     images = torch.randint(0, 256, (batch_size, side, side, 3), dtype=torch.uint8, generator=generator, device=device)
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16")
-    memory_format = torch.channels_last if precision == "bf16" else torch.contiguous_format
-    model.to(memory_format=memory_format)
-    make_views = ViewMaker(cfg, memory_format)
+    fmt = memory_format(precision, device)
+    model.to(memory_format=fmt)
+    make_views = ViewMaker(cfg, fmt)
 
     def step() -> None:
         train_step(model, model, optimizer, make_views(images, generator, epoch), autocast, 0.0)
@@ -200,7 +200,7 @@ def long_run_warning(cfg: TrainConfig, projection: Projection, device: torch.dev
         return None
     return (f"warning: this run ({cfg.epochs} epochs of {num_images:,} images, width {cfg.width}) "
             f"is projected to take {duration(projection.minutes)} on this CPU. Runs this long, like the default "
-            f"preset `seed`, are for a GPU: on a CPU use --preset cpu (the zoo's CPU recipe), --preset quick "
+            f"preset `seed`, are for a GPU: on a CPU use --preset cpu2 (the zoo's CPU recipe), --preset quick "
             f"(minutes) or --preset smoke (under a minute). Starting anyway; stop it with Ctrl-C.")
 
 

@@ -46,7 +46,7 @@ from .estimate import (
     project,
     start_report,
 )
-from .hardware import resolve_precision
+from .hardware import memory_format, resolve_precision
 from .methods import METHODS, SSLMethod
 from .optim import build_optimizer, lr_at
 from .provenance import LAUNCHES, launch_record, read_launches, run_provenance
@@ -86,7 +86,7 @@ class Run:
 
     @property
     def memory_format(self) -> torch.memory_format:
-        return torch.channels_last if self.precision == "bf16" else torch.contiguous_format  # fp32 CPU: slower
+        return memory_format(self.precision, self.env.device)
 
 
 def build_method(cfg: TrainConfig) -> tuple[SSLMethod, EncoderConfig]:
