@@ -23,7 +23,7 @@ import sys
 import time
 
 import torch
-from report import write_report
+from report import AVX2_ONLY, write_report
 
 from training.config import build_config
 from training.hardware import cpu_summary
@@ -32,7 +32,6 @@ from training.optim import build_optimizer
 from training.views import ViewMaker
 from zoo import load_cifar10
 
-AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}  # what an AVX2-only CPU runs
 VARIANTS = [  # (name, precision, memory format, compiled)
     ("fp32, contiguous", "fp32", torch.contiguous_format, False),
     ("fp32, channels_last", "fp32", torch.channels_last, False),
@@ -88,13 +87,8 @@ def step_rows(images: torch.Tensor, batch: int, steps: int, rounds: int, variant
 
 def verbose_primitives(precision: str, batch: int) -> list[dict]:
     """Run two steps in a subprocess under ONEDNN_VERBOSE=1; executed conv / matmul primitives by implementation."""
-    code = (f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import torch; import cpu_kernels as k; "
-            f"from zoo import load_cifar10; torch.set_num_threads(2); "
-            f"images = torch.from_numpy(load_cifar10('train').images[:{3 * batch}]); "
-            f"s = k.Step(images, {precision!r}, torch.channels_last, False, {batch}); s.run(0, 1); "
-            f"print('---measure---', flush=True); s.run(1, 1)")
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "ONEDNN_VERBOSE": "1"},
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, __file__, "--batch", str(batch), "--one-step", precision],
+                         env={**os.environ, "ONEDNN_VERBOSE": "1"}, capture_output=True, text=True, check=True).stdout
     calls: dict[tuple, list[float]] = collections.defaultdict(list)
     for line in out.split("---measure---", 1)[-1].splitlines():
         fields = line.split(",")
@@ -121,10 +115,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="steps per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--fp32-rows-json", action="store_true", help="(internal) print the fp32 rows as JSON")
+    parser.add_argument("--one-step", choices=("bf16", "fp32"), help="(internal) a warm-up step, ---measure---, a step")
     args = parser.parse_args()
     torch.set_num_threads(2)
     needed = (1 + args.rounds * args.steps) * args.batch
     images = torch.from_numpy(load_cifar10("train").images[:needed])
+    if args.one_step:
+        step = Step(images, args.one_step, torch.channels_last, False, args.batch)
+        step.run(0, 1)
+        print("---measure---", flush=True)
+        return step.run(1, 1)
     fp32 = [v for v in VARIANTS if v[1] == "fp32"]
     if args.fp32_rows_json:
         return print(json.dumps(step_rows(images, args.batch, args.steps, args.rounds, fp32)))

@@ -65,7 +65,7 @@ def views_per_s(images: np.ndarray, size: int, batch: int) -> float:
     torch.manual_seed(0)
     method, _ = build_method(cfg)
     precision = resolve_precision("auto", torch.device("cpu"))
-    fmt = memory_format(precision, torch.device("cpu"))
+    fmt = memory_format(precision)
     method.to(memory_format=fmt)
     optimizer, make_views = build_optimizer(method, cfg), ViewMaker(cfg, fmt)
     autocast = torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16")

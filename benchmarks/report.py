@@ -19,6 +19,9 @@ def environment() -> dict:
             "cpu": cpu_summary(), "date": time.strftime("%Y-%m-%d")}
 
 
+AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}  # the kernels an AVX2-only CPU runs
+
+
 def write_report(name: str, title: str, rows: list[dict], notes: str = "") -> str:
     """Save ``rows`` to ``results/<name>.json`` and ``results/<name>.md``; return the markdown."""
     RESULTS.mkdir(exist_ok=True)

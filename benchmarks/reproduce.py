@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from report import write_report
+from report import AVX2_ONLY, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAINED = ROOT / "zoo" / "pretrained"
@@ -41,7 +41,6 @@ def rerun_command(command: str, out: Path) -> list[str]:
     return [sys.executable, "-c", "from zoo.cli import main; main()", *argv[1:]]
 
 
-AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 def run_epochs(argv: list[str], metrics: Path, epochs: int, log: Path, env: dict | None = None) -> list[dict]:

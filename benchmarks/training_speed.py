@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from report import write_report
+from report import AVX2_ONLY, write_report
 from training.augment import BatchAugment, seed_pil_pipeline
 from training.hardware import cpu_summary
 from training.losses import nt_xent
@@ -92,7 +92,6 @@ def augmentation_rows(images) -> list[dict]:
     return rows
 
 
-AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 BATCH, STEPS = 128, 8
 
 

@@ -119,7 +119,7 @@ def measure_step_seconds(method: torch.nn.Module, cfg: TrainConfig, device: torc
     side = cfg.image_size
     images = torch.randint(0, 256, (batch_size, side, side, 3), dtype=torch.uint8, generator=generator, device=device)
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16")
-    fmt = memory_format(precision, device)
+    fmt = memory_format(precision)
     model.to(memory_format=fmt)
     make_views = ViewMaker(cfg, fmt)
 

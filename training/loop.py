@@ -86,7 +86,7 @@ class Run:
 
     @property
     def memory_format(self) -> torch.memory_format:
-        return memory_format(self.precision, self.env.device)
+        return memory_format(self.precision)
 
 
 def build_method(cfg: TrainConfig) -> tuple[SSLMethod, EncoderConfig]:
