@@ -172,7 +172,7 @@ def test_bundled_files_are_the_offline_fallback_and_are_verified(published, run_
 def test_a_run_is_bundled_as_a_verified_offline_registry_tag(run_dir, tmp_path, monkeypatch):
     from huggingface_hub import constants
 
-    from zoo.hub import registry
+    from zoo.hub import publish, registry
     from zoo.hub.publish import bundle
 
     monkeypatch.setattr(registry, "PRETRAINED_DIR", tmp_path / "pretrained")
@@ -199,6 +199,15 @@ def test_a_run_is_bundled_as_a_verified_offline_registry_tag(run_dir, tmp_path, 
     assert zoo.load("tiny-byol").info["source"] == "bundled:tiny-byol.smoke"  # untouched
     with pytest.raises(ValueError, match="NAME.TAG with NAME one of"):
         bundle(run_dir, "nope.smoke")
+    # a new tag becomes the default only when it beats the default's weights on the same protocol
+    monkeypatch.setattr(publish, "_reprobe", lambda *a: {})  # re-checked above; here only the tags matter
+    bundle(run_dir, "tiny-byol.second")
+    assert json.loads((tmp_path / "registry.json").read_text())["tiny-byol"]["default_tag"] == "smoke"  # 0.99 stays
+    models = json.loads((tmp_path / "registry.json").read_text())
+    models["tiny-byol"]["tags"]["smoke"]["results"]["knn200"] = 0.01
+    (tmp_path / "registry.json").write_text(json.dumps(models))
+    bundle(run_dir, "tiny-byol.third")
+    assert zoo.load("tiny-byol").info["source"] == "bundled:tiny-byol.third"
 
 
 @pytest.mark.parametrize("name", [row["name"] for row in zoo.list_models(details=True) if row["source"].startswith("bundled")])

@@ -213,9 +213,13 @@ def _publish(args: argparse.Namespace) -> None:
     from .hub.publish import bundle, publish
 
     if args.bundle:
+        from .hub import registry
+
         entry = bundle(args.run_dir, args.bundle, force=args.force, figures=args.figures)
+        name = args.bundle.partition(".")[0]
+        default = json.loads(registry.registry_file().read_text())[name]["default_tag"]
         print(f"{args.bundle}: bundled in zoo/pretrained/{args.bundle}, registry tag updated "
-              f"(weighted k-NN {100 * entry['results']['knn200']:.2f} %)")
+              f"(weighted k-NN {100 * entry['results']['knn200']:.2f} %); zoo.load({name!r}) loads tag {default!r}")
         return
     out = publish(args.run_dir, args.repo, private=args.private, figures=args.figures)
     print(f"commit {out['commit']}  {out['url']}")

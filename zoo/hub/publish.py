@@ -170,7 +170,8 @@ def bundle(run_dir: str | os.PathLike, name_tag: str, *, force: bool = False, fi
     """Ship a run with the package as registry tag ``NAME.TAG``: the files ``publish`` would upload (with
     ``figures``, the card's figures too) go to ``zoo/pretrained/NAME.TAG/`` and the tag in the registry
     (``registry_file()``) points at them, pinned by sha256, with a re-check on a reduced bank (``_reprobe``).
-    A tag that already has weights with a higher weighted k-NN is kept unless ``force``."""
+    A tag that already has weights with a higher weighted k-NN is kept unless ``force``; the model's default tag
+    moves to this one when it scores higher than the default's weights on the same protocol."""
     name, _, tag = name_tag.partition(".")
     registry_path = registry.registry_file()
     models = json.loads(registry_path.read_text())
@@ -204,8 +205,18 @@ def bundle(run_dir: str | os.PathLike, name_tag: str, *, force: bool = False, fi
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     models[name]["tags"][tag] = {"bundled": name_tag, **entry}
+    if _beats(entry, models[name]["tags"].get(models[name].get("default_tag"), {})):
+        models[name]["default_tag"] = tag
     write_json(registry_path, models)
     return models[name]["tags"][tag]
+
+
+def _beats(entry: dict[str, Any], default: dict[str, Any]) -> bool:
+    """Whether a tag's weighted k-NN is higher than the default tag's, measured the same way (or it has none)."""
+    if "knn200" not in default.get("results", {}):
+        return True
+    same_protocol = entry["protocol"].get("knn200") == default.get("protocol", {}).get("knn200")
+    return same_protocol and entry["results"].get("knn200", 0) > default["results"]["knn200"]
 
 
 def write_card(source: str | os.PathLike, out: str | os.PathLike | None = None, **options: Any) -> list[Path]:
