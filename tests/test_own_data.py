@@ -4,6 +4,7 @@ load, serve) unchanged."""
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from huggingface_hub import hf_hub_download
+from PIL import Image
 
 import zoo
 from conftest import CIFAR10_JPEG, REPO, needs_cifar10
@@ -103,6 +105,20 @@ def test_photos_of_any_size_decode_once_and_unusable_files_are_listed(photos, tm
     finally:
         (folder / files[0].name).write_bytes(files[0].read_bytes())  # the module's photographs as they were
     assert changed.decode_seconds is not None and np.array_equal(changed.images[0], decode_file(str(files[2]), 64)[0])
+
+
+def test_a_file_replaced_at_the_same_size_and_mtime_is_decoded_again(tmp_path):
+    folder = tmp_path / "same"
+    folder.mkdir()
+    for i, colour in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255)]):
+        Image.new("RGB", (16, 16), colour).save(folder / f"{i}.bmp")  # uncompressed: every file the same size
+    first = decode_collection(folder, 16, cache_dir=tmp_path / "cache", progress=False)
+    stamp = (folder / "0.bmp").stat()
+    (folder / "0.bmp").write_bytes((folder / "1.bmp").read_bytes())  # as `cp -p` or `rsync -t` replace a file
+    os.utime(folder / "0.bmp", ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert (folder / "0.bmp").stat().st_size == stamp.st_size
+    again = decode_collection(folder, 16, cache_dir=tmp_path / "cache", progress=False)
+    assert again.decode_seconds is not None and again.images[0].tolist() == first.images[1].tolist()
 
 
 def test_webdataset_shards_are_read_in_place_with_their_labels(photos, tmp_path):

@@ -5,6 +5,7 @@ them, the label-free measures (``zoo.eval.labelfree``) do."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,9 +74,7 @@ def load_train_data(cfg: TrainConfig) -> TrainData:
     if is_cifar10(cfg.data):
         root = None if cfg.data in (None, CIFAR10) else cfg.data
         train, test = (_resized(load_cifar10(split, root), cfg.image_size) for split in ("train", "test"))
-        return TrainData(_subset(train, cfg.train_per_class).images,
-                         (_subset(train, cfg.eval_train_per_class), _subset(test, cfg.eval_test_per_class)),
-                         (_subset(train, cfg.final_train_per_class), test), {"name": CIFAR10}, [])
+        return _train_data(train, test, cfg, _subset, {"name": CIFAR10}, [])
     if has_splits(cfg.data):
         return _own_splits(cfg)
     decoded = decode_collection(cfg.data, cfg.image_size)
@@ -93,9 +92,7 @@ def load_train_data(cfg: TrainConfig) -> TrainData:
         raise ValueError(f"{cfg.data}: fewer than 2 classes have {HOLD_OUT_EVERY} images, so the held-out images "
                          "for the k-NN probes would all be of one class (any encoder scores 100 %): give at least "
                          f"{HOLD_OUT_EVERY} images to two classes or more, or put the images in one folder (no labels)")
-    return TrainData(_cap(bank, cfg.train_per_class).images, (_cap(bank, cfg.eval_train_per_class),
-                     _cap(test, cfg.eval_test_per_class)), (_cap(bank, cfg.final_train_per_class), test), dataset,
-                     decoded.failures)
+    return _train_data(bank, test, cfg, _cap, dataset, decoded.failures)
 
 
 def _own_splits(cfg: TrainConfig) -> TrainData:
@@ -106,9 +103,17 @@ def _own_splits(cfg: TrainConfig) -> TrainData:
                          f"found {train.classes} and {test.classes}")
     bank, held = (ImageArrays(d.images, d.labels, d.classes) for d in (train, test))
     dataset = {"name": "own images", "image_size": cfg.image_size, **train.source, "test": test.source}
-    return TrainData(_cap(bank, cfg.train_per_class).images, (_cap(bank, cfg.eval_train_per_class),
-                     _cap(held, cfg.eval_test_per_class)), (_cap(bank, cfg.final_train_per_class), held), dataset,
-                     train.failures + test.failures)
+    return _train_data(bank, held, cfg, _cap, dataset, train.failures + test.failures)
+
+
+def _train_data(bank: ImageArrays, test: ImageArrays, cfg: TrainConfig,
+                take: Callable[[ImageArrays, int | None], ImageArrays], dataset: dict[str, Any],
+                failures: list[dict[str, str]]) -> TrainData:
+    """The images trained on, the monitor's probe (bank, test) and the final probe's, each taken per class by
+    ``take`` (CIFAR-10: ``_subset``, your own images: ``_cap``) as ``cfg`` says; the final probe tests on all."""
+    return TrainData(take(bank, cfg.train_per_class).images, (take(bank, cfg.eval_train_per_class),
+                     take(test, cfg.eval_test_per_class)), (take(bank, cfg.final_train_per_class), test), dataset,
+                     failures)
 
 
 def _rows(data: ImageArrays, mask: np.ndarray) -> ImageArrays:

@@ -153,11 +153,20 @@ def load_image_folder(
 
 
 def _fingerprint(paths: list[str], image_size: int | None) -> dict:
+    return {"format": _CACHE_FORMAT, "files": len(paths), "image_size": image_size, "sources": stat_digest(paths)}
+
+
+def stat_digest(paths: list[str] | tuple[str, ...]) -> str:
+    """sha256 of each file's path, size, modification and change time: what a decode cache is keyed on (the
+    change time catches a file replaced at the same size and mtime, as ``cp -p`` or ``rsync -t`` do)."""
     h = hashlib.sha256()
-    for p in paths:
-        st = os.stat(p)
-        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    return {"format": _CACHE_FORMAT, "files": len(paths), "image_size": image_size, "sources": h.hexdigest()}
+    for path in paths:
+        try:
+            st = os.stat(path)
+            h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}\n".encode())
+        except OSError:
+            h.update(f"{path}|missing\n".encode())
+    return h.hexdigest()
 
 
 def _decode_all(paths: list[str], image_size: int | None, root: Path) -> np.ndarray:

@@ -21,7 +21,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..data import DatasetError, default_cache_dir, read_array_cache, write_array_cache
+from ..data import DatasetError, default_cache_dir, read_array_cache, stat_digest, write_array_cache
 from ..imagefile import ImageLimits
 from .images import DecodeDataset, ImageList, collate, die_with_parent, list_images
 
@@ -56,7 +56,7 @@ def decode_collection(source: str | os.PathLike, size: int, *, cache_dir: str | 
     listed = list_images(source)
     root = _root(listed.paths)
     fingerprint = {"format": CACHE_FORMAT, "size": size, "limits": asdict(limits), "list": listed.digest(),
-                   "stat": _stat_digest(listed)}
+                   "stat": stat_digest(listed.members.shards if listed.members is not None else listed.paths)}
     key = hashlib.sha256(f"{os.path.abspath(os.fspath(source))}|{size}".encode()).hexdigest()[:16]
     cache = Path(cache_dir or default_cache_dir()) / "arrays" / f"{Path(root).name or 'root'}-{key}"
     cached = read_array_cache(cache, fingerprint, ("images", "ok"))
@@ -80,18 +80,6 @@ def decode_collection(source: str | os.PathLike, size: int, *, cache_dir: str | 
 def _root(paths: list[str]) -> str:
     """The folder every path lies under: what the identity and the records name files relative to."""
     return os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0])
-
-
-def _stat_digest(listed: ImageList) -> str:
-    """sha256 of each file's (or shard's) path, size and modification time: a changed file rebuilds the cache."""
-    h = hashlib.sha256()
-    for path in listed.members.shards if listed.members is not None else listed.paths:
-        try:
-            st = os.stat(path)
-            h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-        except OSError:
-            h.update(f"{path}|missing\n".encode())
-    return h.hexdigest()
 
 
 def _decode(listed: ImageList, size: int, limits: ImageLimits, workers: int | None,

@@ -66,9 +66,7 @@ class TarMembers:
 
     def read(self, i: int, max_bytes: int) -> bytes:
         """The bytes of image ``i`` (at most ``max_bytes + 1``: the caller refuses more)."""
-        with open(self.shards[self.shard[i]], "rb") as f:
-            f.seek(int(self.offset[i]))
-            return f.read(min(int(self.size[i]), max_bytes + 1))
+        return read_range(self.shards[self.shard[i]], int(self.offset[i]), min(int(self.size[i]), max_bytes + 1))
 
 
 TAR_SEPARATOR = ".tar/"  # an image in a shard is named <shard>.tar/<member>
@@ -84,21 +82,26 @@ def read_image_bytes(path: str, max_bytes: int) -> bytes:
     ``OSError`` when it is neither or is larger than ``max_bytes``."""
     shard, sep, member = path.rpartition(TAR_SEPARATOR)
     if sep and os.path.isfile(shard + ".tar"):
-        offset, size = _tar_index(shard + ".tar", os.stat(shard + ".tar").st_mtime_ns)[member]  # KeyError: absent
+        offset, size = _tar_index(shard + ".tar", os.stat(shard + ".tar").st_ctime_ns)[member]  # KeyError: absent
         if size > max_bytes:
             raise OSError(f"{member} in {shard}.tar is over {max_bytes} bytes")
-        with open(shard + ".tar", "rb") as f:
-            f.seek(offset)
-            return f.read(size)
+        return read_range(shard + ".tar", offset, size)
     if not os.path.isfile(path) or os.path.getsize(path) > max_bytes:
         raise OSError(f"not a regular file of at most {max_bytes} bytes")
     with open(path, "rb") as f:
         return f.read()
 
 
+def read_range(path: str, offset: int, size: int) -> bytes:
+    """``size`` bytes of a file from ``offset``: one image of a tar shard."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(size)
+
+
 @lru_cache(maxsize=32)
-def _tar_index(shard: str, mtime_ns: int) -> dict[str, tuple[int, int]]:
-    """Each file member's (offset, size) in ``shard``, read once per shard and modification time."""
+def _tar_index(shard: str, ctime_ns: int) -> dict[str, tuple[int, int]]:
+    """Each file member's (offset, size) in ``shard``, read once per change time (any rewrite moves it)."""
     with tarfile.open(shard, "r:") as tar:
         return {m.name: (m.offset_data, m.size) for m in tar.getmembers() if m.isfile()}
 
