@@ -207,8 +207,9 @@ def main() -> None:
             if name.startswith(args.only):
                 run_config(name, method, values, args.runs)
     rows = [summarise(name, args.runs / name, note) for name, (_, _, note) in planned.items()]
-    full = sorted(PRETRAINED.glob("*-cifar10.cpu*")) + sorted(args.zoo_runs.glob("*-cifar10.cpu*"))
-    rows += [summarise(f"{out.name} (full run)", out, "full run") for out in full if (out / "results.json").is_file()]
+    full = {out.name: out for folder in (args.zoo_runs, PRETRAINED) for out in sorted(folder.glob("*-cifar10.cpu*"))
+            if (out / "results.json").is_file()}  # a bundled run replaces its run folder
+    rows += [summarise(f"{name} (full run)", out, "full run") for name, out in sorted(full.items())]
     rows = [row for row in rows if row]
     if not rows:
         return print("no study runs yet")
