@@ -208,6 +208,12 @@ def test_a_run_is_bundled_as_a_verified_offline_registry_tag(run_dir, tmp_path, 
     (tmp_path / "registry.json").write_text(json.dumps(models))
     bundle(run_dir, "tiny-byol.third")
     assert zoo.load("tiny-byol").info["source"] == "bundled:tiny-byol.third"
+    models = json.loads((tmp_path / "registry.json").read_text())
+    models["tiny-byol"]["tags"]["third"]["results"]["knn200"] = 0.001
+    models["tiny-byol"]["tags"]["third"]["protocol"]["knn200"]["train_images"] = 7  # measured another way
+    (tmp_path / "registry.json").write_text(json.dumps(models))
+    bundle(run_dir, "tiny-byol.fourth")
+    assert zoo.load("tiny-byol").info["source"] == "bundled:tiny-byol.third"
 
 
 @pytest.mark.parametrize("name", [row["name"] for row in zoo.list_models(details=True) if row["source"].startswith("bundled")])

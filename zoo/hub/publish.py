@@ -215,8 +215,9 @@ def _beats(entry: dict[str, Any], default: dict[str, Any]) -> bool:
     """Whether a tag's weighted k-NN is higher than the default tag's, measured the same way (or it has none)."""
     if "knn200" not in default.get("results", {}):
         return True
-    same_protocol = entry["protocol"].get("knn200") == default.get("protocol", {}).get("knn200")
-    return same_protocol and entry["results"].get("knn200", 0) > default["results"]["knn200"]
+    new, old = ({k: v for k, v in tag.get("protocol", {}).get("knn200", {}).items() if k != "implementation"}
+                for tag in (entry, default))  # the settings, not how the code that measured them is described
+    return new == old and entry["results"].get("knn200", 0) > default["results"]["knn200"]
 
 
 def write_card(source: str | os.PathLike, out: str | os.PathLike | None = None, **options: Any) -> list[Path]:
