@@ -6,7 +6,9 @@
 
 Runs the exact command recorded in the bundled config.json (its `--out` pointed at a temporary folder),
 stops it once N epochs are logged, and compares loss, k-NN and weighted k-NN of each epoch with the
-shipped run's; a full rerun takes the card's wall time (80-110 min per model on 2 cores). With
+shipped run's; a full rerun takes the card's wall time (80-110 min per model on 2 cores). Naming tags
+reruns only those: the table keeps the other models' rows, each naming the commit, date and CPU it
+was rerun on. With
 ``--kernels avx2`` it measures what another kind of CPU does to the same run: the command runs twice
 in fp32 (emulated bf16 would take hours), with this CPU's kernels and restricted to AVX2 ones
 (``ATEN_CPU_CAPABILITY=avx2``, ``ONEDNN_MAX_CPU_ISA=AVX2``: what an AVX2-only CPU such as AMD Zen 3
@@ -25,7 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from report import AVX2_ONLY, write_report
+from report import AVX2_ONLY, RESULTS, environment, write_report
+from training.hardware import cpu_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAINED = ROOT / "zoo" / "pretrained"
@@ -128,13 +131,19 @@ def main() -> None:
                            "(ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2), stopped after the epochs shown; the "
                            "per-epoch monitor compared. Command: `python benchmarks/reproduce.py TAG --kernels avx2`."))
         return
+    rerun = {"rerun (commit, date, CPU)": f"{commit.stdout.strip()}, {environment()['date']}, {cpu_summary()}"}
     with tempfile.TemporaryDirectory(prefix="reproduce-") as work:
-        rows = [compare(tag, args.epochs, Path(work)) for tag in tags]
-    configs = [json.loads((PRETRAINED / tag / "train_config.json").read_text()) for tag in tags]
+        rows = {tag: {**compare(tag, args.epochs, Path(work)), **rerun} for tag in tags}
+    previous = RESULTS / "reproduce.json"  # rows of models not rerun this time stay, each naming its own rerun
+    if args.tags and previous.exists():
+        rows = {row["model"]: row for row in json.loads(previous.read_text())["rows"]
+                if row["model"] in os.listdir(PRETRAINED) and "rerun (commit, date, CPU)" in row} | rows
+    rows = [rows[tag] for tag in sorted(rows)]
+    configs = [json.loads((PRETRAINED / row["model"] / "train_config.json").read_text()) for row in rows]
     sizes = " or ".join(sorted({f"{10 * c['eval_train_per_class']:,}-image bank, {10 * c['eval_test_per_class']:,} "
                                 "test images" for c in configs}))
-    notes = (f"Each model's recorded `ssl-zoo train` command rerun at commit {commit.stdout.strip()} and stopped "
-             f"after {args.epochs} epochs; per-epoch monitor (k-NN k=5 and weighted k-NN k=200 T=0.1, L2-normalised, "
+    notes = ("Each model's recorded `ssl-zoo train` command rerun at the commit shown and stopped after the epochs "
+             f"shown; per-epoch monitor (k-NN k=5 and weighted k-NN k=200 T=0.1, L2-normalised, "
              f"{sizes}, as the card's training curves) compared with the shipped "
              "metrics.jsonl; Δ: the largest absolute difference over those epochs.")
     print(write_report("reproduce", "Rerunning the cards' commands: first epochs against the shipped runs", rows,
