@@ -8,9 +8,8 @@ Runs the exact command recorded in the bundled config.json (its `--out` pointed 
 stops it once N epochs are logged, and compares loss, k-NN and weighted k-NN of each epoch with the
 shipped run's; a full rerun takes the card's wall time (80-110 min per model on 2 cores). Naming tags
 reruns only those: the table keeps the other models' rows, each naming the commit, date and CPU it
-was rerun on. With
-``--kernels avx2`` it measures what another kind of CPU does to the same run: the command runs twice
-in fp32 (emulated bf16 would take hours), with this CPU's kernels and restricted to AVX2 ones
+was rerun on. With ``--kernels avx2`` it measures what another kind of CPU does to the same run: the
+command runs twice in fp32 (emulated bf16 would take hours), with this CPU's kernels and restricted to AVX2 ones
 (``ATEN_CPU_CAPABILITY=avx2``, ``ONEDNN_MAX_CPU_ISA=AVX2``: what an AVX2-only CPU such as AMD Zen 3
 runs), and the two are compared.
 """
