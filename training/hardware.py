@@ -58,8 +58,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 def memory_format(precision: str) -> torch.memory_format:
     """The training step's memory format: channels_last in bf16, contiguous in fp32. (fp32 channels_last is
     1.4-1.5x faster on CPU, benchmarks/cpu_kernels.py, but torch's CPU channels_last BatchNorm sums its batch
-    statistics less exactly: 0.9-3.5e-5 from float64 against 0.5-1e-6 contiguous at 128x64x16x16, which moves a
-    torchrun run from its one-process twin by 3e-4 of the first loss, past tests/test_distributed.py's 1e-4.)"""
+    statistics less exactly: 0.9-3.5e-5 from float64 against 0.5-1e-6 contiguous at 128x64x16x16, the likely reason
+    a torchrun run moves from its one-process twin by 3e-4 of the first loss, past tests/test_distributed.py's 1e-4.)"""
     return torch.channels_last if precision == "bf16" else torch.contiguous_format
 
 
