@@ -103,8 +103,10 @@ def test_an_unknown_model_is_a_404_listing_the_served_ones(server, models):
 
 def test_one_model_under_two_names_is_refused_at_start(models):
     from serving.api import build_server
+    from zoo.hub.registry import resolve
 
-    for names in (["simclr-cifar10", "simclr-cifar10.cpu"], [str(models[0]), str(models[0])]):
+    default = resolve("simclr-cifar10")
+    for names in (["simclr-cifar10", f"{default.name}.{default.tag}"], [str(models[0]), str(models[0])]):
         with pytest.raises(ValueError, match="are the same model .*serve it once"):
             build_server(names)
 
