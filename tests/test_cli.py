@@ -57,8 +57,8 @@ def test_probe_prints_the_listed_numbers_of_every_local_entry(name, tmp_path, ca
                   "--test-per-class", str(check["test_per_class"]), "--json", str(tmp_path / "probe.json"))
     probed = json.loads((tmp_path / "probe.json").read_text())
     sizes = {"train_images": 10 * check["train_per_class"], "test_images": 10 * check["test_per_class"]}
-    # the listed probes' protocol is the one `ssl-zoo probe` runs (label_free: the training run's own measures)
-    assert probed["protocol"] == {key: {**p, **sizes} for key, p in row["protocol"].items() if key != "label_free"}
+    # the listed protocol is the one `ssl-zoo probe` runs
+    assert probed["protocol"] == {key: {**p, **sizes} for key, p in row["protocol"].items()}
     assert set(probed["protocol"]) == {"knn5", "knn200", "linear"}
     for key in probed["protocol"]:
         # float summation order differs between CPUs and BLAS builds: allow 2 test images

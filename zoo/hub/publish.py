@@ -163,7 +163,8 @@ def registry_entry(run_dir: str | os.PathLike) -> dict[str, Any]:
     return {"encoder": read_config(run_dir)[0].to_dict(),
             "sha256": {name: sha256_file(run_dir / name) for name in (CONFIG_NAME, WEIGHTS_NAME)},
             "epochs": info["epochs"], "results": {k: v for k, v in info["results"].items() if k in PROBE_NAMES},
-            "protocol": info["results"].get("protocol", {}), "compute": info.get("provenance", {}).get("compute")}
+            "protocol": {k: v for k, v in info["results"].get("protocol", {}).items() if k in PROBE_NAMES},
+            "compute": info.get("provenance", {}).get("compute")}
 
 
 def bundle(run_dir: str | os.PathLike, name_tag: str, *, force: bool = False, figures: bool = False) -> dict[str, Any]:
