@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from report import RESULTS, write_report
+from training.hardware import cpu_summary
 from training.config import TrainConfig, build_config
 from training.estimate import run_flops
 from training.loop import build_method
@@ -28,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PRETRAINED = ROOT / "zoo" / "pretrained"
 REFERENCE = PRETRAINED / "simclr-cifar10.cpu"  # today's CPU recipe: the budget is 1.5x its training FLOPs
 BUDGET_FACTOR, STUDY_FRACTION = 1.5, 0.1
+CURVES = RESULTS / "cpu_study-curves.json"  # committed: the report rebuilds rows whose run folders are gone
 
 # Today's `cpu` preset per method (as trained for the .cpu tags), spelled out so the study does not move
 # when the preset does. Monitor and final-probe sizes are the study's own.
@@ -150,7 +152,18 @@ def summarise(name: str, out: Path, note: str) -> dict | None:
         for i, record in enumerate(curve):
             record["train_flops"] = sum(per_epoch[:i + 1])
     final = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
-    return {"name": name, "note": note, "config": config, "curve": curve, "final": final}
+    exported = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}
+    provenance = exported.get("provenance", {})
+    cpu = provenance.get("compute", {}).get("cpu") or provenance.get("cpu") or cpu_summary()  # unfinished: here
+    return {"name": name, "note": note, "config": config, "curve": curve, "final": final, "cpu": cpu}
+
+
+def previous_rows() -> dict[str, dict]:
+    """The rows of the last report, by name: what a run whose folder is gone (another machine) still shows."""
+    if not CURVES.is_file():
+        return {}
+    cpu = json.loads((RESULTS / "cpu_study.json").read_text())["environment"]["cpu"]  # rows from before the column
+    return {row["name"]: {"cpu": cpu, **row} for row in json.loads(CURVES.read_text())}
 
 
 def probe_cells(results: dict) -> dict:
@@ -206,7 +219,8 @@ def main() -> None:
         for name, (method, values, _) in planned.items():
             if name.startswith(args.only):
                 run_config(name, method, values, args.runs)
-    rows = [summarise(name, args.runs / name, note) for name, (_, _, note) in planned.items()]
+    previous = previous_rows()
+    rows = [summarise(name, args.runs / name, note) or previous.get(name) for name, (_, _, note) in planned.items()]
     full = {out.name: out for folder in (args.zoo_runs, PRETRAINED) for out in sorted(folder.glob("*-cifar10.cpu*"))
             if (out / "results.json").is_file()}  # a bundled run replaces its run folder
     rows += [summarise(f"{name} (full run)", out, "full run") for name, out in sorted(full.items())]
@@ -215,14 +229,14 @@ def main() -> None:
         return print("no study runs yet")
     table = [{"configuration": row["name"], "idea": row["note"], "epochs": row["curve"][-1]["epoch"],
               "training PFLOP": round(row["curve"][-1]["train_flops"] / 1e15, 3),
-              "2-core CPU min": round(row["curve"][-1]["cpu_seconds"] / 120, 1),
+              "2-core CPU min": round(row["curve"][-1]["cpu_seconds"] / 120, 1), "CPU": row["cpu"],
               "monitor weighted k-NN %": round(100 * row["curve"][-1]["weighted_knn_accuracy"], 2),
               **probe_cells(row["final"])} for row in rows]
     table.append({"configuration": "random init (the same network, seed 0)", "idea": "no training", "epochs": 0,
-                  "training PFLOP": 0, "2-core CPU min": 0, "monitor weighted k-NN %": "-",
+                  "training PFLOP": 0, "2-core CPU min": 0, "CPU": "-", "monitor weighted k-NN %": "-",
                   **probe_cells(random_init_results(args.runs))})
     plot(rows, budget, RESULTS / "cpu_study.png")
-    (RESULTS / "cpu_study-curves.json").write_text(json.dumps(rows, indent=1) + "\n")
+    CURVES.write_text(json.dumps(rows, indent=1) + "\n")
     print(write_report("cpu_study", "CPU recipe study: weighted k-NN against training compute", table,
                        f"Budget per model: {budget / 1e15:.3f} PFLOP of training (1.5x simclr-cifar10.cpu's), counted "
                        "by torch's FlopCounterMode (convolutions and matrix products, forward and backward); study "
@@ -232,7 +246,7 @@ def main() -> None:
                        "AdamW lr 2e-3 wd 1e-6 and a 1024-d projector output for Barlow Twins and VICReg) plus the "
                        "idea named. Monitor: weighted k-NN (k=200, T=0.1, L2-normalised), 5,000-image bank, 2,000 "
                        "test images, after each epoch. Final probes: the model-card protocol with the bank and test "
-                       "sizes shown. CPU minutes: process CPU time / 2 on the CPU named below; they depend on the "
+                       "sizes shown. CPU minutes: process CPU time / 2 on the CPU of the row; they depend on the "
                        "CPU, the FLOPs do not. Command: `nice -n 5 python benchmarks/cpu_study.py`."))
 
 

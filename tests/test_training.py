@@ -31,6 +31,7 @@ from training.losses import byol_loss
 from training.methods import METHODS, Recipe, SSLMethod
 from training.optim import LARS, build_optimizer
 from zoo import load_cifar10
+from zoo.hub.publish import render_card
 
 pytestmark = needs_cifar10
 
@@ -334,6 +335,10 @@ def test_resume_after_a_kill_gives_the_same_weights(tmp_path):
     assert prov["command"].endswith(f"--out {killed}") and "--resume" not in prov["command"]
     assert [(r["action"], r["epoch"]) for r in prov["later"]] == [("resume", done)]
     assert prov["later"][0]["command"].endswith("--resume") and prov["later"][0]["git_commit"] == prov["git_commit"]
+    # each launch names its CPU (a run resumed in a later session may have moved machine), and the card says it
+    assert prov["started_on"] == prov["later"][0]["cpu"] == hardware.cpu_summary()
+    card = str(render_card(killed, "someone/resumed"))
+    assert f"--resume`, commit `{prov['git_commit']}`" in card and f", on {hardware.cpu_summary()}" in card
     changed = subprocess.run(_cli(*args, "--out", str(killed), "--resume", "--lr", "0.1"), capture_output=True, text=True)
     assert changed.returncode == 2 and "configuration differs" in changed.stderr
 

@@ -60,10 +60,10 @@ LAUNCHES = "launches.jsonl"  # in the run directory: one record per process that
 
 def launch_record(action: str, epoch: int, local_flags: tuple[str, ...] = ()) -> dict[str, Any]:
     """This process's ``action`` (start, resume, re-export) at ``epoch``: its command (without
-    ``local_flags``), code (commit, dirty) and start time."""
+    ``local_flags``), code (commit, dirty), CPU (a run resumed in another session may move machine) and start time."""
     commit, dirty = git_state()
     return {"action": action, "epoch": epoch, "command": command_line(local_flags=local_flags), "git_commit": commit,
-            "git_dirty": dirty, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "git_dirty": dirty, "cpu": cpu_summary(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 def read_launches(run_dir: Path) -> list[dict[str, Any]]:
@@ -74,9 +74,9 @@ def read_launches(run_dir: Path) -> list[dict[str, Any]]:
 
 def run_provenance(history: list[dict[str, Any]], device: torch.device, processes: int,
                    launches: list[dict[str, Any]], precision: str, train_flops: int) -> dict[str, Any]:
-    """The card's provenance block for a run whose per-epoch records are ``history``: the command and
-    code that started it (``launches[0]``), then each later launch's action (resume, re-export), epoch,
-    command and code; the machine (CPU model and the ISA facts that decide its speed) and the
+    """The card's provenance block for a run whose per-epoch records are ``history``: the command, code and
+    CPU that started it (``launches[0]``), then each later launch's action (resume, re-export), epoch,
+    command, code and CPU; the machine (CPU model and the ISA facts that decide its speed) and the
     ``precision`` that ran; ``compute`` (device, training minutes, training FLOPs) is what a registry
     entry copies."""
     first, later = launches[0], launches[1:]
@@ -84,7 +84,9 @@ def run_provenance(history: list[dict[str, Any]], device: torch.device, processe
     wall_minutes = sum(r["seconds"] for r in history) / 60
     name = device_name(device)
     return {"command": first["command"], "git_commit": first["git_commit"], "git_dirty": first["git_dirty"],
-            "later": [{k: r[k] for k in ("action", "epoch", "command", "git_commit", "git_dirty")} for r in later],
+            "started_on": first.get("cpu"),  # launches from before CPUs were recorded have none
+            "later": [{k: r.get(k) for k in ("action", "epoch", "command", "git_commit", "git_dirty", "cpu")}
+                      for r in later],
             "torch": torch.__version__,
             "device": name, "cpu": cpu["model"], "cpu_isa": {k: cpu[k] for k in CPU_ISA_KEYS},
             "cores": os.cpu_count(), "processes": processes, "precision": precision,
