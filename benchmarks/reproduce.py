@@ -7,8 +7,9 @@
 Runs the exact command recorded in the bundled config.json (its `--out` pointed at a temporary folder),
 stops it once N epochs are logged, and compares loss, k-NN and weighted k-NN of each epoch with the
 shipped run's; a full rerun takes the card's wall time (80-110 min per model on 2 cores). Naming tags
-reruns only those: the table keeps the other models' rows, each naming the commit, date and CPU it
-was rerun on. With ``--kernels avx2`` it measures what another kind of CPU does to the same run: the
+reruns only those: the table keeps the other rows (other models, or the same one rerun on another CPU:
+bitwise on the kind it was trained on, close on another), each naming the commit, date and CPU it was
+rerun on. With ``--kernels avx2`` it measures what another kind of CPU does to the same run: the
 command runs twice in fp32 (emulated bf16 would take hours), with this CPU's kernels and restricted to AVX2 ones
 (``ATEN_CPU_CAPABILITY=avx2``, ``ONEDNN_MAX_CPU_ISA=AVX2``: what an AVX2-only CPU such as AMD Zen 3
 runs), and the two are compared.
@@ -32,6 +33,7 @@ from training.hardware import cpu_summary
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAINED = ROOT / "zoo" / "pretrained"
 COMPARED = ("loss", "knn_accuracy", "weighted_knn_accuracy")
+RERUN = "rerun (commit, date, CPU)"  # a table row is one model rerun on one kind of CPU
 
 
 def rerun_command(command: str, out: Path) -> list[str]:
@@ -43,6 +45,14 @@ def rerun_command(command: str, out: Path) -> list[str]:
     return [sys.executable, "-c", "from zoo.cli import main; main()", *argv[1:]]
 
 
+def card_cpu(tag: str) -> str:
+    """The CPU a bundled model was trained on, as its card records it."""
+    provenance = json.loads((PRETRAINED / tag / "config.json").read_text())["provenance"]
+    return provenance.get("compute", {}).get("cpu") or provenance.get("cpu") or "not recorded"
+
+
+def _rerun_cpu(row: dict) -> str:
+    return row[RERUN].split(", ", 2)[2]
 
 
 def run_epochs(argv: list[str], metrics: Path, epochs: int, log: Path, env: dict | None = None) -> list[dict]:
@@ -130,14 +140,15 @@ def main() -> None:
                            "(ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2), stopped after the epochs shown; the "
                            "per-epoch monitor compared. Command: `python benchmarks/reproduce.py TAG --kernels avx2`."))
         return
-    rerun = {"rerun (commit, date, CPU)": f"{commit.stdout.strip()}, {environment()['date']}, {cpu_summary()}"}
+    rerun = {RERUN: f"{commit.stdout.strip()}, {environment()['date']}, {cpu_summary()}"}
     with tempfile.TemporaryDirectory(prefix="reproduce-") as work:
-        rows = {tag: {**compare(tag, args.epochs, Path(work)), **rerun} for tag in tags}
-    previous = RESULTS / "reproduce.json"  # rows of models not rerun this time stay, each naming its own rerun
-    if args.tags and previous.exists():
-        rows = {row["model"]: row for row in json.loads(previous.read_text())["rows"]
-                if row["model"] in os.listdir(PRETRAINED) and "rerun (commit, date, CPU)" in row} | rows
-    rows = [rows[tag] for tag in sorted(rows)]
+        rows = {(tag, cpu_summary()): {**compare(tag, args.epochs, Path(work)), **rerun} for tag in tags}
+    previous = RESULTS / "reproduce.json"  # rows of other models or CPUs stay, each naming its own rerun
+    if previous.exists():
+        rows = {(row["model"], _rerun_cpu(row)): row for row in json.loads(previous.read_text())["rows"]
+                if row["model"] in os.listdir(PRETRAINED) and RERUN in row} | rows
+    rows = [{k: v for k, v in row.items() if k != RERUN} | {"card's CPU": card_cpu(row["model"]), RERUN: row[RERUN]}
+            for _, row in sorted(rows.items())]
     configs = [json.loads((PRETRAINED / row["model"] / "train_config.json").read_text()) for row in rows]
     sizes = " or ".join(sorted({f"{10 * c['eval_train_per_class']:,}-image bank, {10 * c['eval_test_per_class']:,} "
                                 "test images" for c in configs}))
