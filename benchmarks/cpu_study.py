@@ -20,9 +20,9 @@ import sys
 from pathlib import Path
 
 from report import RESULTS, write_report
-from training.hardware import cpu_summary
 from training.config import TrainConfig, build_config
 from training.estimate import run_flops
+from training.hardware import cpu_summary
 from training.loop import build_method
 
 ROOT = Path(__file__).resolve().parents[1]
