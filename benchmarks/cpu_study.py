@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from report import RESULTS, write_report
+from report import RESULTS, trained_on, write_report
 from training.config import TrainConfig, build_config
 from training.estimate import run_flops
 from training.hardware import cpu_summary
@@ -154,17 +154,13 @@ def summarise(name: str, out: Path, note: str) -> dict | None:
             record["train_flops"] = sum(per_epoch[:i + 1])
     final = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
     exported = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}
-    provenance = exported.get("provenance", {})
-    cpu = provenance.get("compute", {}).get("cpu") or provenance.get("cpu") or cpu_summary()  # unfinished: here
+    cpu = trained_on(exported) or cpu_summary()  # an unfinished run is training here
     return {"name": name, "note": note, "config": config, "curve": curve, "final": final, "cpu": cpu}
 
 
 def previous_rows() -> dict[str, dict]:
     """The rows of the last report, by name: what a run whose folder is gone (another machine) still shows."""
-    if not CURVES.is_file():
-        return {}
-    cpu = json.loads((RESULTS / "cpu_study.json").read_text())["environment"]["cpu"]  # rows from before the column
-    return {row["name"]: {"cpu": cpu, **row} for row in json.loads(CURVES.read_text())}
+    return {row["name"]: row for row in json.loads(CURVES.read_text())} if CURVES.is_file() else {}
 
 
 def probe_cells(results: dict) -> dict:

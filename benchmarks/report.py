@@ -22,6 +22,12 @@ def environment() -> dict:
 AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}  # the kernels an AVX2-only CPU runs
 
 
+def trained_on(exported: dict) -> str | None:
+    """The CPU a run's exported config.json says it trained on (older runs record the model only)."""
+    provenance = exported.get("provenance", {})
+    return provenance.get("compute", {}).get("cpu") or provenance.get("cpu")
+
+
 def write_report(name: str, title: str, rows: list[dict], notes: str = "") -> str:
     """Save ``rows`` to ``results/<name>.json`` and ``results/<name>.md``; return the markdown."""
     RESULTS.mkdir(exist_ok=True)

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from report import AVX2_ONLY, RESULTS, environment, write_report
+from report import AVX2_ONLY, RESULTS, environment, trained_on, write_report
 from training.hardware import cpu_summary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,8 +47,7 @@ def rerun_command(command: str, out: Path) -> list[str]:
 
 def card_cpu(tag: str) -> str:
     """The CPU a bundled model was trained on, as its card records it."""
-    provenance = json.loads((PRETRAINED / tag / "config.json").read_text())["provenance"]
-    return provenance.get("compute", {}).get("cpu") or provenance.get("cpu") or "not recorded"
+    return trained_on(json.loads((PRETRAINED / tag / "config.json").read_text())) or "not recorded"
 
 
 def _rerun_cpu(row: dict) -> str:
