@@ -24,6 +24,7 @@ from serving_common import jpegs, model_dir
 
 import zoo
 from serving.decode import decode_image
+from zoo.hub.registry import resolve
 from zoo.onnx import export_onnx, onnx_session
 from zoo.quantize import SETTINGS, quantize_int8
 
@@ -79,11 +80,11 @@ def main() -> None:
     parser.add_argument("--full-protocol", action="store_true", help="accuracy on 50,000 / 10,000 images")
     args = parser.parse_args()
     images = np.stack([decode_image(b, 32) for b in jpegs(256)])
-    models = {name: zoo.load(name) for name in BUNDLED}
+    models = {resolve(name).full_name: zoo.load(name) for name in BUNDLED}  # the tag says whose accuracy it is
     models["random init, full width (64)"] = zoo.load(str(model_dir(64)))
     rows = [row for name, encoder in models.items()
             for row in model_rows(name, encoder, images, args.rounds, args.full_protocol)]
-    at64 = [r for r in rows if r["batch"] == 64 and r["model"] in BUNDLED]
+    at64 = [r for r in rows if r["batch"] == 64 and r["model"].partition(".")[0] in BUNDLED]
     worst = min(float(r["int8 / torch (median, min)"].split("x")[0]) for r in at64)
     protocol = "50,000 bank / 10,000 test images" if args.full_protocol else "5,000 bank / 1,000 test images"
     print(write_report("onnx", "torch eager vs onnxruntime fp32 and int8, CIFAR ResNet-18 encoders, CPU", rows,
